@@ -1,0 +1,3 @@
+from ollama_img.cli.app import main
+
+main()

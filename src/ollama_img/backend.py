@@ -1,0 +1,34 @@
+"""MLX availability: a clear message when MLX was installed without a back end."""
+
+import sys
+
+from ollama_img.errors import UserError
+
+_NO_BACKEND = (
+    "MLX is installed without a back end ({detail}); reinstall with the extra for this machine: "
+    "pip install 'ollama-img[cpu]' (CPU) or 'ollama-img[cuda]' (NVIDIA GPU, CUDA 13; 'cuda12' for CUDA 12)"
+)
+
+
+def require_mlx():
+    """Import and return `mlx.core`, or raise a UserError that names the extras to install."""
+    try:
+        import mlx.core as mx
+    except ImportError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(_NO_BACKEND.format(detail=detail)) from None
+    return mx
+
+
+def processor_name() -> str:
+    """What `ps` shows in its PROCESSOR column for the default MLX device."""
+    mx = require_mlx()
+    return "100% GPU" if mx.default_device() == mx.gpu else "100% CPU"
+
+
+def platform_backend() -> str:
+    """A short name for the back end MLX runs on: metal, cuda or cpu."""
+    mx = require_mlx()
+    if mx.default_device() != mx.gpu:
+        return "cpu"
+    return "metal" if sys.platform == "darwin" else "cuda"

@@ -1,0 +1,63 @@
+"""The `ollama-img` command: one Typer app; each group of commands lives in its own module."""
+
+import sys
+
+import click
+import typer
+
+from ollama_img import __version__
+from ollama_img.errors import UserError
+
+app = typer.Typer(
+    name="ollama-img",
+    help="Run local text-to-image models: create, run, list, show, ps, stop, rm, cp, serve.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version_callback(value: bool):
+    if value:
+        print(f"ollama-img version {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-v", help="Show the version and exit.", callback=_version_callback, is_eager=True
+    ),
+):
+    """Run local text-to-image models: create, run, list, show, ps, stop, rm, cp, serve."""
+
+
+def fail(message: str, code: int = 1):
+    """Print one clear line on stderr and exit non-zero: how every user error ends."""
+    print(f"Error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None):
+    """Console-script entry point: user errors end in one line, never a traceback."""
+    _register_commands()
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        fail(str(exc))
+    except click.exceptions.Abort:
+        print(file=sys.stderr)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except BrokenPipeError:
+        raise SystemExit(141) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _register_commands():
+    """Import the command modules; each adds its commands to `app` (imported here to keep start-up lean)."""

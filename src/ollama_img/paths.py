@@ -1,0 +1,37 @@
+"""Where ollama-img keeps things: the model store, the engine's socket, its log."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import platformdirs
+
+APP = "ollama-img"
+
+
+def models_dir() -> Path:
+    """The model store root: `OLLAMA_IMG_MODELS`, else the user's data dir."""
+    override = os.environ.get("OLLAMA_IMG_MODELS")
+    if override:
+        return Path(override).expanduser()
+    return platformdirs.user_data_path(APP) / "models"
+
+
+def runtime_dir() -> Path:
+    """A private directory for the engine's socket (created 0700 by whoever first needs it).
+
+    platformdirs names XDG_RUNTIME_DIR on Linux; where that does not exist (containers, root without a
+    login session) we fall back to a per-user folder in the temp dir.
+    """
+    override = os.environ.get("OLLAMA_IMG_RUNTIME_DIR")
+    if override:
+        return Path(override).expanduser()
+    path = platformdirs.user_runtime_path(APP)
+    if path.parent.is_dir() and os.access(path.parent, os.W_OK):
+        return path
+    return Path(tempfile.gettempdir()) / f"{APP}-{os.getuid()}"
+
+
+def log_dir() -> Path:
+    """Where the background engine writes its log."""
+    return platformdirs.user_log_path(APP)
