@@ -61,3 +61,4 @@ def main(argv: list[str] | None = None):
 
 def _register_commands():
     """Import the command modules; each adds its commands to `app` (imported here to keep start-up lean)."""
+    from ollama_img.cli import store_commands  # noqa: F401
