@@ -131,8 +131,10 @@ def test_a_create_does_not_sweep_the_temporary_files_of_one_in_progress(store, t
     control = tmp_path / "control"
     slow = _spawn(store, "create", "slow", "-f", str(tiny_folder), point="write:100:pause", control=control)
     _wait_for(control / "paused", slow)
-    partial = list(store.blobs_dir.glob(".tmp-*"))
-    assert len(partial) == 1
+    deadline = time.monotonic() + 30
+    while len(partial := list(store.blobs_dir.glob(".tmp-*"))) != 1:  # sealed blobs still being published
+        assert time.monotonic() < deadline, partial
+        time.sleep(0.01)
     assert cli("create", "fast", "-f", str(tiny_folder)).code == 0
     assert partial[0].exists()
     (control / "resume").touch()

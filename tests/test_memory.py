@@ -10,6 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIG = 384 * 1024 * 1024
 
+# The child reports its own high-water mark: VmHWM counts only this process image, whereas ru_maxrss
+# also counts the parent's memory that the child inherited between fork and exec.
 MEASURE = """
 import resource, sys
 from ollama_img.cli.app import main
@@ -17,8 +19,12 @@ try:
     main(sys.argv[1:])
 except SystemExit as exc:
     assert not exc.code, exc.code
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(peak * (1 if sys.platform == "darwin" else 1024), file=sys.stderr)
+try:
+    status = open("/proc/self/status").read()
+    peak = int(status.split("VmHWM:")[1].split()[0]) * 1024
+except OSError:  # macOS: no /proc, and ru_maxrss is in bytes there
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(peak, file=sys.stderr)
 """
 
 

@@ -48,9 +48,13 @@ def digest_of_file_name(file_name: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class WrittenBlob:
+class BlobRef:
     digest: str  # "sha256:<hex>"
     size: int
+
+
+@dataclass(frozen=True)
+class WrittenBlob(BlobRef):
     new: bool  # False when an identical blob was already in the store
 
 
@@ -70,13 +74,23 @@ class BlobWriter:
         self._pending: Future | None = None
         self._temp = blobs_dir / f"{TEMP_PREFIX}{secrets.token_hex(12)}"
         self._fd = _create_exclusive(self._temp)
+        self._handed_off = False
+        self.digest: str | None = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if self._fd is not None:
+        if self._fd is not None and not self._handed_off:
             self.abort()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def hand_off(self) -> None:
+        """Someone else (a publisher) will publish or abort this blob; leaving the `with` block won't."""
+        self._handed_off = True
 
     def write(self, data) -> None:
         if self._executor is None:
@@ -93,9 +107,18 @@ class BlobWriter:
             self._pending = None
 
     def commit(self) -> WrittenBlob:
-        """Name the blob by its hash; an existing blob of the same size is kept and this copy dropped."""
+        self.seal()
+        return self.publish()
+
+    def seal(self) -> BlobRef:
+        """Finish hashing: the blob's digest is now known (no more writes)."""
         self._wait_for_hash()
-        digest = "sha256:" + self._hash.hexdigest()
+        self.digest = "sha256:" + self._hash.hexdigest()
+        return BlobRef(self.digest, self._size)
+
+    def publish(self) -> WrittenBlob:
+        """Name the sealed blob by its hash; an existing blob of the same size is kept and this copy dropped."""
+        digest = self.digest
         target = self.blobs_dir / blob_file_name(digest)
         try:
             new = not _is_complete(target, self._size)
@@ -130,12 +153,16 @@ def write_tensor_blob(
     tensors: list[tuple[TensorEntry, Iterable]],
     metadata: dict[str, str] | None = None,
     executor: Executor | None = None,
-) -> WrittenBlob:
+    publisher=None,
+) -> BlobRef:
     """Store tensors as one minimal safetensors blob, streaming each tensor's chunks.
 
     A plain weight is one tensor named `data` (`PLAIN_TENSOR_NAME`) and no metadata. A blob may also
     hold several named tensors plus string metadata (a quantized weight: `weight`, `scales`, `biases`,
     with the quantization in `__metadata__`).
+
+    Returns the WrittenBlob; with a `BlobPublisher`, returns as soon as the digest is known and leaves
+    fsync and naming to the publisher (whose `drain()` gives the WrittenBlobs).
     """
     with BlobWriter(blobs_dir, executor) as writer:
         writer.write(encode_header([entry for entry, _ in tensors], metadata))
@@ -146,7 +173,11 @@ def write_tensor_blob(
                 written += len(chunk)
             if written != entry.nbytes:
                 raise ValueError(f"tensor {entry.name!r}: got {written} bytes, expected {entry.nbytes}")
-        return writer.commit()
+        if publisher is None:
+            return writer.commit()
+        ref = writer.seal()
+        publisher.submit(writer)
+        return ref
 
 
 def remove_temp_files(directory: Path) -> int:
@@ -219,8 +250,13 @@ def _publish(temp: Path, target: Path, size: int) -> bool:
 
 
 def _write_error(exc: OSError, path: Path) -> Exception:
-    if exc.errno == errno.ENOSPC:
-        return UserError(f"no space left on the device holding the model store ({path.parent})")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return UserError(f"cannot write to the model store ({path.parent}): {exc.strerror}")
+    return store_write_error(exc, path.parent)
+
+
+def store_write_error(exc: OSError, where: Path) -> Exception:
+    """A full disk or a store the user may not write to is a UserError; other OSErrors stay as they are."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"no space left on the device holding the model store ({where})")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
+        return UserError(f"cannot write to the model store ({where}): {exc.strerror}")
     return exc

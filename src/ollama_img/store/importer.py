@@ -1,9 +1,10 @@
 """Import a model folder into the store: one blob per tensor and per file, a config blob, a manifest.
 
 Tensors are streamed shard by shard in file order (each source byte is read once, memory stays at two
-8 MiB buffers), hashed in a helper thread while they are written. The manifest is written last, after
-every blob it names is durable, all under the shared store lock; so a `create` killed at any moment
-leaves no manifest pointing at a missing blob, and re-running it reuses every blob already written.
+8 MiB buffers), hashed in a helper thread while they are written, and flushed to disk by a publisher
+thread while the next tensor is copied. The manifest is written last, after every blob it names is
+durable, all under the shared store lock; so a `create` killed at any moment leaves no manifest
+pointing at a missing blob, and re-running it reuses every blob already written.
 """
 
 import json
@@ -15,6 +16,7 @@ from ollama_img.errors import UserError
 from ollama_img.names import ModelName
 from ollama_img.store.blobs import (
     PLAIN_TENSOR_NAME,
+    BlobRef,
     WrittenBlob,
     fsync_dir,
     write_bytes_blob,
@@ -22,6 +24,7 @@ from ollama_img.store.blobs import (
 )
 from ollama_img.store.folder import FileItem, ImportPlan, Shard
 from ollama_img.store.manifest import TENSOR_MEDIA_TYPE, Layer, Manifest, encode_manifest, media_type_for_file
+from ollama_img.store.publisher import BlobPublisher
 from ollama_img.store.safetensors_format import TensorEntry
 from ollama_img.store.source import SafetensorsReader
 from ollama_img.store.store import Store
@@ -68,11 +71,14 @@ def import_folder(
     with store.writing():
         executor = ThreadPoolExecutor(1, thread_name_prefix="sha256") if hash_in_thread else None
         try:
-            layers += [_store_file(store, item, tally) for item in plan.files]
-            for component in plan.components:
-                layers += [_store_file(store, item, tally) for item in component.files]
-                for shard in component.shards:
-                    layers += _store_shard(store, shard, tally, report, executor)
+            with BlobPublisher() as publisher:
+                layers += [_store_file(store, item, tally) for item in plan.files]
+                for component in plan.components:
+                    layers += [_store_file(store, item, tally) for item in component.files]
+                    for shard in component.shards:
+                        layers += _store_shard(store, shard, report, executor, publisher)
+                for blob in publisher.drain():
+                    tally.count(blob)
         finally:
             if executor is not None:
                 executor.shutdown()
@@ -103,7 +109,7 @@ def _store_file(store: Store, item: FileItem, tally: _Tally) -> Layer:
 
 
 def _store_shard(
-    store: Store, shard: Shard, tally: _Tally, report: ProgressCallback, executor: Executor | None
+    store: Store, shard: Shard, report: ProgressCallback, executor: Executor | None, publisher: BlobPublisher
 ) -> list[Layer]:
     layers = []
     try:
@@ -114,7 +120,9 @@ def _store_shard(
         for tensor in shard.header.tensors:
             entry = TensorEntry(PLAIN_TENSOR_NAME, tensor.dtype, tensor.shape)
             chunks = _reporting(reader.chunks(tensor), report)
-            blob = tally.count(write_tensor_blob(store.blobs_dir, [(entry, chunks)], executor=executor))
+            blob: BlobRef = write_tensor_blob(
+                store.blobs_dir, [(entry, chunks)], executor=executor, publisher=publisher
+            )
             report(0, 1)
             layers.append(
                 Layer(

@@ -24,6 +24,7 @@ from ollama_img.store.blobs import (
     digest_of_file_name,
     fsync_dir,
     remove_temp_files,
+    store_write_error,
 )
 from ollama_img.store.locking import shared_lock_with_cleanup, store_lock
 from ollama_img.store.manifest import Manifest, decode_manifest
@@ -139,9 +140,17 @@ class Store:
 
         If no one else holds the lock, temporary files left by killed writers are swept first.
         """
-        with shared_lock_with_cleanup(self.root, self._sweep_temp_files):
+        with self._disk_errors(), shared_lock_with_cleanup(self.root, self._sweep_temp_files):
             self.blobs_dir.mkdir(parents=True, exist_ok=True)
             yield
+
+    @contextmanager
+    def _disk_errors(self):
+        """A full disk or a read-only store ends in one clear line, not a traceback."""
+        try:
+            yield
+        except OSError as exc:
+            raise store_write_error(exc, self.root) from None
 
     def write_manifest(self, name: ModelName | str, raw: bytes) -> None:
         """Put a manifest in place atomically (temporary file, fsync, rename). Hold `writing()`."""
@@ -176,7 +185,7 @@ class Store:
         for name in parsed:  # fail before taking the lock, which would create an empty store
             if not self.exists(name):
                 raise self._not_found(name)
-        with store_lock(self.root, exclusive=True):
+        with self._disk_errors(), store_lock(self.root, exclusive=True):
             for name in parsed:
                 if not self.exists(name):
                     raise self._not_found(name)
