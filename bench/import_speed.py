@@ -180,13 +180,27 @@ def main(argv=None):
         f.write(report)
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def render(args, size, rows, peaks, cache) -> str:
     median = {k: statistics.median(v) for k, v in rows.items()}
 
     def gbps(seconds: float) -> str:
         return f"{size / seconds / 1e9:.2f} GB/s"
 
-    machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu_model()}), "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1e9:.0f} GB RAM, "
+        f"Python {platform.python_version()}"
+    )
     lines = [
         f"\n## Import speed ({args.size} folder, {datetime.date.today().isoformat()})\n",
         f"Machine: {machine}; disk: the one holding `{args.workdir}`. "
@@ -211,6 +225,7 @@ def render(args, size, rows, peaks, cache) -> str:
         f"(/ plain `cp -r`: {median['cp'] / median['import']:.2f}; inline hashing: "
         f"{median['cp+sync'] / median['import inline']:.2f}). Peak RSS of the import: "
         f"**{max(peaks['import']) / 2**20:.0f} MiB** for a {size / 1e9:.1f} GB folder.",
+        "",
         "",
     ]
     return "\n".join(lines)
