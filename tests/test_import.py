@@ -43,6 +43,7 @@ def test_manifest_fields_and_layers(store, tiny_folder):
     assert doc["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
     assert doc["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
     manifest = store.manifest("z-image")
+    assert str(manifest.name) == str(result.manifest.name) == "z-image:latest"
     assert manifest.raw == raw == result.manifest.raw
     assert manifest.digest == "sha256:" + hashlib.sha256(raw).hexdigest()
     assert manifest.id == manifest.digest[7:19]
@@ -135,14 +136,42 @@ def test_same_folder_under_a_second_name_writes_no_new_blob(store, tiny_folder):
     assert sorted(map(str, store.names())) == ["other/z-image:v2", "z-image:latest"]
 
 
-def test_reimporting_a_changed_folder_replaces_the_manifest(store, folder_copy):
-    first = import_folder(store, "z-image", inspect_folder(folder_copy))
-    config = json.loads((folder_copy / "scheduler/scheduler_config.json").read_text())
+def _change_scheduler(folder):
+    config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
     config["shift"] = 6.0
-    (folder_copy / "scheduler/scheduler_config.json").write_text(json.dumps(config))
+    (folder / "scheduler/scheduler_config.json").write_text(json.dumps(config))
+
+
+def test_reimporting_a_changed_folder_replaces_the_model_and_frees_what_it_alone_used(store, folder_copy):
+    first = import_folder(store, "z-image", inspect_folder(folder_copy))
+    _change_scheduler(folder_copy)
     second = import_folder(store, "z-image", inspect_folder(folder_copy))
     assert second.new_blobs == 2  # the scheduler config and the model config
     assert store.manifest("z-image").digest == second.manifest.digest != first.manifest.digest
+    gone = first.manifest.digests() - second.manifest.digests()
+    assert len(gone) == 2 and not any(store.blob_path(d).exists() for d in gone)
+    assert (
+        second.bytes_freed
+        == sum(layer.size for layer in first.manifest.layers if layer.digest in gone)
+        + first.manifest.config_size
+    )
+    assert len(list(store.blobs_dir.iterdir())) == len(second.manifest.digests())
+    assert_store_consistent(store)
+
+
+def test_reimport_leaves_garbage_for_later_while_another_writer_is_busy(store, folder_copy):
+    from ollama_img.store.locking import store_lock
+
+    first = import_folder(store, "z-image", inspect_folder(folder_copy))
+    _change_scheduler(folder_copy)
+    with store_lock(store.root, exclusive=False):  # as if another `create` were running
+        second = import_folder(store, "z-image", inspect_folder(folder_copy))
+    assert second.bytes_freed == 0
+    gone = first.manifest.digests() - second.manifest.digests()
+    assert all(store.blob_path(d).exists() for d in gone)
+    expected = (2, sum(store.blob_path(d).stat().st_size for d in gone))
+    assert store.collect_garbage() == expected
+    assert_store_consistent(store)
 
 
 def test_progress_reports_every_byte_and_tensor(store, tiny_folder):

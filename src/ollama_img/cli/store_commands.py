@@ -38,9 +38,10 @@ def create(
     with _ImportProgress(model, plan) as progress:
         result = import_folder(store, model, plan, progress=progress)
     elapsed = time.monotonic() - started
+    freed = f"; freed {human_bytes(result.bytes_freed)} the replaced model used" if result.bytes_freed else ""
     print(
         f"created '{result.name}' in {elapsed:.1f}s: {result.tensors} tensors, {human_bytes(result.bytes)}, "
-        f"{result.new_blobs} new blobs, {result.reused_blobs} reused blobs"
+        f"{result.new_blobs} new blobs, {result.reused_blobs} reused blobs{freed}"
     )
 
 
@@ -72,7 +73,7 @@ def show(
     model = ModelName.parse(name)
     store = Store()
     manifest = store.manifest(model)
-    modified = store.manifest_path(model).stat().st_mtime
+    modified = store.modified(model)
     config = manifest.config
     if as_json:
         doc = {

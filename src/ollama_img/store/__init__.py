@@ -10,6 +10,8 @@ Public API (what the loader, the engine and the CLI use):
     manifest.config                          # dict: architecture, family, format, components,
                                              #       parameter_count, quantization, total_size
     manifest.digest, manifest.id             # "sha256:<hex>" of the manifest bytes; its first 12 hex digits
+    manifest.name                            # the ModelName it was read under
+    manifest.total_size                      # bytes of every blob it uses (what `list` shows)
     store.blob_path(layer.digest) -> Path    # blobs/sha256-<hex>
     store.list() -> list[ModelEntry]         # name, modified, manifest (None if unreadable), problem
     store.names() -> list[ModelName]

@@ -41,6 +41,7 @@ class ImportResult:
     bytes: int  # bytes of all layer blobs (tensors and files)
     new_blobs: int
     reused_blobs: int
+    bytes_freed: int = 0  # blobs only the model this name replaced had used
 
 
 @dataclass
@@ -68,6 +69,7 @@ def import_folder(
     report = progress or (lambda _bytes, _tensors: None)
     tally = _Tally()
     layers: list[Layer] = []
+    previous = store.manifest_path(name).read_bytes() if store.exists(name) else None
     with store.writing():
         executor = ThreadPoolExecutor(1, thread_name_prefix="sha256") if hash_in_thread else None
         try:
@@ -82,13 +84,17 @@ def import_folder(
         finally:
             if executor is not None:
                 executor.shutdown()
-        config = tally.count(write_bytes_blob(store.blobs_dir, _encode_config(plan, layers)))
+        config_bytes = _encode_config(plan, layers)
+        config = tally.count(write_bytes_blob(store.blobs_dir, config_bytes))
         fsync_dir(store.blobs_dir)
         raw = encode_manifest(layers, config.digest, config.size)
         store.write_manifest(name, raw)
-    manifest = Manifest(
-        tuple(layers), json.loads(_encode_config(plan, layers)), config.digest, config.size, raw
-    )
+    freed = 0
+    if previous is not None and previous != raw:
+        # The replaced model's own blobs are garbage now; collect them unless someone is busy writing.
+        collected = store.collect_garbage(wait=False)
+        freed = collected[1] if collected else 0
+    manifest = Manifest(tuple(layers), json.loads(config_bytes), config.digest, config.size, raw, name)
     return ImportResult(
         name=name,
         manifest=manifest,
@@ -96,6 +102,7 @@ def import_folder(
         bytes=sum(layer.size for layer in layers),
         new_blobs=tally.new,
         reused_blobs=tally.reused,
+        bytes_freed=freed,
     )
 
 

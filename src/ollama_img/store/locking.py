@@ -16,13 +16,21 @@ LOCK_FILE_NAME = ".lock"
 
 
 @contextmanager
-def store_lock(root: Path, exclusive: bool):
-    """Hold the store lock (creating the store root if needed) for the duration of the block."""
+def store_lock(root: Path, exclusive: bool, blocking: bool = True):
+    """Hold the store lock (creating the store root if needed) for the duration of the block.
+
+    Yields True; with `blocking=False`, yields False at once instead of waiting if someone else holds it.
+    """
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(fd, mode if blocking else mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
     finally:
         os.close(fd)  # closing the last descriptor releases the flock
 

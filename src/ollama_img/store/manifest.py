@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 
 from ollama_img.errors import UserError
+from ollama_img.names import ModelName
 
 SCHEMA_VERSION = 2
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
@@ -79,7 +80,8 @@ class Manifest:
     """A model as stored: its layers, its parsed config and the config blob's descriptor.
 
     `digest` is the SHA-256 of the manifest file's bytes (its first 12 hex digits are the model ID that
-    `list` shows); `raw` are those bytes, which `cp` copies unchanged.
+    `list` shows); `raw` are those bytes, which `cp` copies unchanged. `name` is the name it was read
+    under (several names may share one manifest).
     """
 
     layers: tuple[Layer, ...]
@@ -87,6 +89,7 @@ class Manifest:
     config_digest: str
     config_size: int
     raw: bytes = field(repr=False)
+    name: ModelName | None = None
 
     @property
     def digest(self) -> str:
@@ -125,8 +128,9 @@ def encode_manifest(layers: list[Layer], config_digest: str, config_size: int) -
     return json.dumps(doc, indent=2).encode("utf-8") + b"\n"
 
 
-def decode_manifest(raw: bytes, read_config, where: str) -> Manifest:
+def decode_manifest(raw: bytes, read_config, name: ModelName) -> Manifest:
     """Parse manifest bytes; `read_config(digest)` returns the config blob's bytes."""
+    where = str(name)
     try:
         doc = json.loads(raw)
         if doc.get("schemaVersion") != SCHEMA_VERSION:
@@ -141,4 +145,4 @@ def decode_manifest(raw: bytes, read_config, where: str) -> Manifest:
         raise UserError(f"model {where} is damaged: its config blob {config_digest} is missing") from None
     except ValueError as exc:
         raise UserError(f"model {where} is damaged: its config blob is not valid JSON ({exc})") from None
-    return Manifest(layers, config, config_digest, config_size, raw)
+    return Manifest(layers, config, config_digest, config_size, raw, name)

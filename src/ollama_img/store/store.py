@@ -86,7 +86,15 @@ class Store:
             raw = self.manifest_path(name).read_bytes()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise self._not_found(name) from None
-        return decode_manifest(raw, lambda digest: self.blob_path(digest).read_bytes(), str(name))
+        return decode_manifest(raw, lambda digest: self.blob_path(digest).read_bytes(), name)
+
+    def modified(self, name: ModelName | str) -> float:
+        """When the model was last created or copied (its manifest's mtime), or NotFound."""
+        name = _as_name(name)
+        try:
+            return self.manifest_path(name).stat().st_mtime
+        except FileNotFoundError:
+            raise self._not_found(name) from None
 
     def exists(self, name: ModelName | str) -> bool:
         return self.manifest_path(name).is_file()
@@ -193,6 +201,16 @@ class Store:
                 self._unlink_manifest(name)
             blobs, freed = self._collect_garbage()
         return Removal(tuple(dict.fromkeys(parsed)), blobs, freed)
+
+    def collect_garbage(self, wait: bool = True) -> tuple[int, int] | None:
+        """Remove blobs no manifest references; returns (blobs, bytes) freed.
+
+        With `wait=False` it gives up at once (None) when a `create`, `cp` or `rm` is running.
+        """
+        if not self.root.is_dir():
+            return (0, 0)
+        with self._disk_errors(), store_lock(self.root, exclusive=True, blocking=wait) as locked:
+            return self._collect_garbage() if locked else None
 
     def _unlink_manifest(self, name: ModelName) -> None:
         path = self.manifest_path(name)
