@@ -150,3 +150,17 @@ def test_human_formats():
         "2 months ago",
         "2 years ago",
     ]
+
+
+def test_a_damaged_manifest_is_listed_shown_as_an_error_and_removable(store, cli, tiny_folder):
+    cli("create", "good", "-f", str(tiny_folder))
+    cli("cp", "good", "bad")
+    store.manifest_path("bad").write_text("{ truncated")
+    listing = cli("list").out.splitlines()
+    assert listing[1].split()[:3] == ["bad:latest", "?", "?"] and "damaged" in listing[1]
+    shown = cli("show", "bad")
+    assert shown.code == 1 and shown.err.startswith("Error: corrupt manifest bad:latest")
+    assert len(shown.err.splitlines()) == 1
+    assert cli("rm", "bad").out.splitlines()[0] == "deleted 'bad:latest'"
+    assert cli("show", "good").code == 0
+    assert_store_consistent(store)

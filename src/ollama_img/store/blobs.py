@@ -19,9 +19,13 @@ from collections.abc import Iterable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ollama_img.errors import UserError
 from ollama_img.store.safetensors_format import TensorEntry, encode_header
+
+if TYPE_CHECKING:
+    from ollama_img.store.publisher import BlobPublisher
 
 TEMP_PREFIX = ".tmp-"
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
@@ -124,7 +128,7 @@ class BlobWriter:
             new = not _is_complete(target, self._size)
             if new:
                 os.fsync(self._fd)
-                new = _publish(self._temp, target, self._size)
+                new = _link_without_overwrite(self._temp, target, self._size)
         except OSError as exc:
             self.abort()
             raise _write_error(exc, target) from None
@@ -153,7 +157,7 @@ def write_tensor_blob(
     tensors: list[tuple[TensorEntry, Iterable]],
     metadata: dict[str, str] | None = None,
     executor: Executor | None = None,
-    publisher=None,
+    publisher: "BlobPublisher | None" = None,
 ) -> BlobRef:
     """Store tensors as one minimal safetensors blob, streaming each tensor's chunks.
 
@@ -227,7 +231,7 @@ def _is_complete(target: Path, size: int) -> bool:
         return False
 
 
-def _publish(temp: Path, target: Path, size: int) -> bool:
+def _link_without_overwrite(temp: Path, target: Path, size: int) -> bool:
     """Give the synced temporary file the blob's name without ever overwriting a good blob.
 
     Returns False if another writer published the same blob first.
