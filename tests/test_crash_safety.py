@@ -4,6 +4,7 @@ The subprocesses are real `ollama-img` runs; tests/crash_harness.py kills (or pa
 write, fsync, link or rename, so each state a crash can leave behind is reached on purpose.
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -40,6 +41,25 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 30):
     while not path.exists():
         assert process.poll() is None, f"exited early: {process.communicate()}"
         assert time.monotonic() < deadline, f"timed out waiting for {path}"
+        time.sleep(0.01)
+
+
+def _wait_until_it_opens(process: subprocess.Popen, path: Path, timeout: float = 30):
+    """Wait until `process` has `path` open (Linux: /proc/PID/fd); elsewhere just give it a second."""
+    fds = Path(f"/proc/{process.pid}/fd")
+    if not fds.is_dir():
+        time.sleep(1.0)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, f"exited early: {process.communicate()}"
+        links = []
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile
+                links.append(os.readlink(fd))
+        if str(path) in links:
+            return
+        assert time.monotonic() < deadline, f"{process.args} never opened {path}"
         time.sleep(0.01)
 
 
@@ -112,7 +132,8 @@ def test_rm_waits_for_a_create_that_reuses_its_blobs(store, tiny_folder, tmp_pat
     creating = _spawn(store, "create", "new", "-f", str(tiny_folder), point="fsync:1:pause", control=control)
     _wait_for(control / "paused", creating)
     removing = _spawn(store, "rm", "old")
-    time.sleep(1.0)
+    _wait_until_it_opens(removing, store.root / ".lock")  # rm is now at the lock (or past it)
+    time.sleep(0.3)
     assert removing.poll() is None, "rm did not wait for the create in progress"
     assert store.exists("old")
     (control / "resume").touch()
