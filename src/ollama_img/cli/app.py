@@ -8,6 +8,14 @@ import typer
 from ollama_img import __version__
 from ollama_img.errors import UserError
 
+try:  # typer >= 0.20 ships its own copy of click, whose exceptions are not click's
+    from typer._click.exceptions import ClickException as _VendoredClickException
+except ImportError:  # pragma: no cover (older typer uses click itself)
+    _VendoredClickException = click.ClickException
+
+_USAGE_ERRORS = (click.ClickException, _VendoredClickException)
+_ABORTS = (click.exceptions.Abort, typer.Abort)
+
 app = typer.Typer(
     name="ollama-img",
     help="Run local text-to-image models: create, run, list, show, ps, stop, rm, cp, serve.",
@@ -46,12 +54,12 @@ def main(argv: list[str] | None = None):
         code = app(args=argv, standalone_mode=False)
     except UserError as exc:
         fail(str(exc))
-    except click.exceptions.Abort:
+    except _ABORTS:
         print(file=sys.stderr)
         raise SystemExit(130) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except click.ClickException as exc:
+    except _USAGE_ERRORS as exc:
         exc.show()
         raise SystemExit(exc.exit_code) from None
     except BrokenPipeError:
@@ -61,3 +69,4 @@ def main(argv: list[str] | None = None):
 
 def _register_commands():
     """Import the command modules; each adds its commands to `app` (imported here to keep start-up lean)."""
+    from ollama_img.cli import store_commands  # noqa: F401
