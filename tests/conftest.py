@@ -45,11 +45,19 @@ def reference_pipe(reference_folder):
     return load_reference(reference_folder)
 
 
-@pytest.fixture(scope="session")
-def mlx_pipe(reference_folder):
+@pytest.fixture(scope="session", params=["folder", "store"])
+def mlx_pipe(request, reference_folder, tmp_path_factory):
+    """ollama-img's pipeline on the reference weights, loaded from the folder and from the store (after create)."""
     from ollama_img import load_pipeline
+    from ollama_img.store import import_folder, inspect_folder
 
-    return load_pipeline(reference_folder)
+    if request.param == "folder":
+        return load_pipeline(reference_folder)
+    store = Store(tmp_path_factory.mktemp("ref-store"))
+    import_folder(store, "zimage-ref", inspect_folder(reference_folder))
+    pipe = load_pipeline("zimage-ref", store=store)
+    assert pipe.digest == store.manifest("zimage-ref").digest
+    return pipe
 
 
 @pytest.fixture
