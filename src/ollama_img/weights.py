@@ -3,21 +3,34 @@
 Model code asks a source for a component's config files and tensors and never learns which kind it
 has, so loading from the store and from a folder is one code path. Tensors come from `mx.load`, which
 maps safetensors files lazily: nothing is read until a computation needs it.
+
+A quantized weight (a store model made with `create --quantize`) arrives as `<base>.weight` (packed),
+`<base>.scales` and, for affine modes, `<base>.biases`, with its parameters in `ComponentWeights.quantized`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ollama_img.backend import require_mlx
 from ollama_img.errors import UserError
+from ollama_img.quantization import QuantParams
 
 if TYPE_CHECKING:
     import mlx.core as mx
 
     from ollama_img.store import Manifest, Store
+
+
+@dataclass
+class ComponentWeights:
+    """A component's tensors by checkpoint name, and how each quantized weight is quantized."""
+
+    tensors: dict[str, mx.array]
+    quantized: dict[str, QuantParams] = field(default_factory=dict)  # base name ("layers.0.attention.to_q")
 
 
 class WeightSource(Protocol):
@@ -27,6 +40,8 @@ class WeightSource(Protocol):
     def read_json(self, relpath: str) -> dict: ...
 
     def read_text(self, relpath: str) -> str | None: ...
+
+    def weights(self, component: str) -> ComponentWeights: ...
 
     def tensors(self, component: str) -> dict[str, mx.array]: ...
 
@@ -52,6 +67,9 @@ class FolderSource:
         return _parse_json(text, f"{self.label}/{relpath}")
 
     def tensors(self, component: str) -> dict[str, mx.array]:
+        return self.weights(component).tensors
+
+    def weights(self, component: str) -> ComponentWeights:
         mx = require_mlx()
         folder = self.root / component
         files = sorted(folder.glob("*.safetensors"))
@@ -69,7 +87,7 @@ class FolderSource:
                 out.update(mx.load(str(f)))
             except Exception as exc:  # mlx raises RuntimeError/ValueError for malformed files
                 raise UserError(f"{self.label}: cannot read {component}/{f.name}: {exc}") from None
-        return out
+        return ComponentWeights(out)
 
 
 class StoreSource:
@@ -95,28 +113,33 @@ class StoreSource:
         return _parse_json(text, f"{self.label}:{relpath}")
 
     def tensors(self, component: str) -> dict[str, mx.array]:
-        from ollama_img.store import TENSOR_MEDIA_TYPE
+        return self.weights(component).tensors
+
+    def weights(self, component: str) -> ComponentWeights:
+        from ollama_img.store import PLAIN_TENSOR_NAME, TENSOR_MEDIA_TYPE
 
         mx = require_mlx()
         prefix = component + "/"
-        out: dict[str, mx.array] = {}
+        out = ComponentWeights({})
         for name, layer in self._layers.items():
             if not name.startswith(prefix) or layer.media_type != TENSOR_MEDIA_TYPE:
                 continue
             path = self.store.blob_path(layer.digest)
             try:
-                arrays = mx.load(str(path), format="safetensors")
+                arrays, metadata = mx.load(str(path), format="safetensors", return_metadata=True)
             except Exception as exc:
                 raise UserError(
                     f"{self.label}: blob for {name} is unreadable ({exc}); re-create the model"
                 ) from None
             tensor_name = name[len(prefix) :]
-            if set(arrays) == {"data"}:
-                out[tensor_name] = arrays["data"]
+            if set(arrays) == {PLAIN_TENSOR_NAME}:
+                out.tensors[tensor_name] = arrays[PLAIN_TENSOR_NAME]
             else:  # a quantized weight: packed weight plus its companions, named after the weight
                 base = tensor_name.removesuffix(".weight")
-                out.update({f"{base}.{key}": value for key, value in arrays.items()})
-        if not out:
+                out.tensors.update({f"{base}.{key}": value for key, value in arrays.items()})
+                where = f"{self.label}: {name}"
+                out.quantized[base] = QuantParams.from_metadata(metadata, layer.dtype or "BF16", where)
+        if not out.tensors:
             raise UserError(f"{self.label}: the store has no tensors for {component}")
         return out
 

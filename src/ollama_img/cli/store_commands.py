@@ -1,8 +1,9 @@
-"""`create`, `list`, `show`, `rm`, `cp`: commands that work on the model store alone (no engine, no MLX)."""
+"""`create`, `list`, `show`, `rm`, `cp`: commands that work on the model store alone (no engine; MLX only to quantize)."""
 
 import datetime
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -17,10 +18,13 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from ollama_img.backend import require_mlx
 from ollama_img.cli.app import app
 from ollama_img.cli.formatting import human_age, human_bytes, human_count, table
+from ollama_img.errors import UserError
 from ollama_img.names import ModelName
-from ollama_img.store import ImportPlan, Store, import_folder, inspect_folder
+from ollama_img.quantization import QuantType, describe, parse_quant_type, rule_for
+from ollama_img.store import ImportPlan, Store, import_folder, inspect_folder, plan_from_model
 
 
 @app.command()
@@ -29,14 +33,37 @@ def create(
     folder: Path = typer.Option(
         None, "-f", "--file", help="The diffusers model folder to import (default: the current folder)."
     ),
+    source_model: str = typer.Option(
+        None, "--from", help="Make NAME from a model already in the store (with --quantize)."
+    ),
+    quantize: str = typer.Option(
+        None,
+        "-q",
+        "--quantize",
+        help="Quantize the transformer's and text encoder's Linear weights: fp8 (= mxfp8), int8, int4, "
+        "nvfp4 or mxfp4.",
+    ),
 ):
-    """Import a diffusers model folder into the store under NAME."""
+    """Import a diffusers model folder into the store under NAME (or quantize a stored model)."""
     model = ModelName.parse(name)
-    plan = inspect_folder(folder if folder is not None else Path.cwd())
+    quant = parse_quant_type(quantize) if quantize is not None else None
     store = Store()
+    if source_model is not None:
+        if folder is not None:
+            raise UserError("give either -f FOLDER or --from MODEL, not both")
+        if quant is None:
+            raise UserError(
+                "--from needs --quantize TYPE (to give a model a second name, use 'ollama-img cp')"
+            )
+        plan = plan_from_model(store, ModelName.parse(source_model))
+    else:
+        plan = inspect_folder(folder if folder is not None else Path.cwd())
+    if quant is not None:
+        rule_for(plan.architecture.class_name)
+        require_mlx()  # quantizing runs MLX: fail before the store is touched if it cannot
     started = time.monotonic()
-    with _ImportProgress(model, plan) as progress:
-        result = import_folder(store, model, plan, progress=progress)
+    with _ImportProgress(model, plan, quant) as progress:
+        result = import_folder(store, model, plan, progress=progress, quantize=quant)
     elapsed = time.monotonic() - started
     freed = f"; freed {human_bytes(result.bytes_freed)} the replaced model used" if result.bytes_freed else ""
     print(
@@ -88,15 +115,20 @@ def show(
         print(json.dumps(doc, indent=2))
         return
     print("  Model")
+    quantization, quantization_details = describe(config.get("quantization"))
     details = [
         ("architecture", str(config.get("architecture"))),
         ("family", str(config.get("family"))),
         ("parameters", human_count(int(config.get("parameter_count") or 0))),
-        ("quantization", _quantization_text(config.get("quantization"))),
+        ("quantization", quantization),
         ("size", human_bytes(manifest.total_size)),
         ("id", manifest.id),
     ]
     print(_indent(table([[k, v] for k, v in details]), 4))
+    if quantization_details:
+        print()
+        print("  Quantization")
+        print(_indent(_wrapped_table(quantization_details), 4))
     print()
     print("  Components")
     rows = [
@@ -136,12 +168,15 @@ def cp(
     print(f"copied '{src}' to '{dst}'")
 
 
-def _quantization_text(quantization) -> str:
-    if not quantization:
-        return "none"
-    if isinstance(quantization, dict):
-        return ", ".join(f"{k}={v}" for k, v in quantization.items())
-    return str(quantization)
+def _wrapped_table(rows: list[tuple[str, str]], width: int = 100) -> str:
+    """Two columns, long values wrapped under their column (the quantization rule is a paragraph)."""
+    key_width = max(len(key) for key, _ in rows) + 4
+    lines = []
+    for key, value in rows:
+        wrapped = textwrap.wrap(value, width - key_width) or [""]
+        lines.append(key.ljust(key_width) + wrapped[0])
+        lines += [" " * key_width + more for more in wrapped[1:]]
+    return "\n".join(lines)
 
 
 def _indent(text: str, n: int) -> str:
@@ -153,8 +188,9 @@ class _ImportProgress:
 
     PLAIN_STEP = 10  # percent between plain lines
 
-    def __init__(self, name: ModelName, plan: ImportPlan):
+    def __init__(self, name: ModelName, plan: ImportPlan, quant: QuantType | None = None):
         self.plan = plan
+        self.quantizing = quant is not None
         self.console = Console(stderr=True)
         self.interactive = self.console.is_terminal
         self.bytes_done = 0
@@ -163,14 +199,14 @@ class _ImportProgress:
         self._bar: Progress | None = None
         self._task = None
         self._header = (
-            f"importing '{name}' from {plan.folder}: {plan.tensor_count} tensors, "
-            f"{human_bytes(plan.tensor_bytes)}"
+            f"importing '{name}' from {plan.origin}: {plan.tensor_count} tensors, "
+            f"{human_bytes(plan.tensor_bytes)}" + (f", quantizing to {quant.name}" if quant else "")
         )
 
     def __enter__(self):
         if self.interactive:
             self._bar = Progress(
-                TextColumn("[bold]importing"),
+                TextColumn("[bold]quantizing" if self.quantizing else "[bold]importing"),
                 BarColumn(),
                 DownloadColumn(),
                 TextColumn("{task.fields[tensors]}/{task.fields[total_tensors]} tensors"),

@@ -19,19 +19,22 @@ Public API (what the loader, the engine and the CLI use):
     store.remove([names]) -> Removal         # removed, blobs_removed, bytes_freed
 
     plan = inspect_folder(path)              # validates a diffusers folder -> ImportPlan (totals for progress)
-    result = import_folder(store, name, plan, progress=callback)   # ImportResult
+    plan = plan_from_model(store, name)      # the same from a stored model (`create --from`)
+    result = import_folder(store, name, plan, progress=callback, quantize=None)   # ImportResult
+                                             # quantize: a QuantType (ollama_img.quantization)
 
 A tensor layer's blob is a safetensors file holding one tensor named `data` (`PLAIN_TENSOR_NAME`).
 Blob files have no extension, so load them with the format named:
 
     mx.load(str(store.blob_path(layer.digest)), format="safetensors")["data"]
 
-A blob may also hold several named tensors and string metadata (`write_tensor_blob`), which quantized
-weights will use.
+A quantized weight's blob holds several named tensors (`weight`, `scales`, `biases`) and string metadata
+(`write_tensor_blob`); see `ollama_img.quantization`.
 """
 
 from ollama_img.store.blobs import PLAIN_TENSOR_NAME, WrittenBlob, write_bytes_blob, write_tensor_blob
 from ollama_img.store.folder import ImportPlan, inspect_folder
+from ollama_img.store.from_model import plan_from_model
 from ollama_img.store.importer import ImportResult, import_folder
 from ollama_img.store.manifest import (
     JSON_MEDIA_TYPE,
@@ -59,6 +62,7 @@ __all__ = [
     "WrittenBlob",
     "import_folder",
     "inspect_folder",
+    "plan_from_model",
     "write_bytes_blob",
     "write_tensor_blob",
 ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ollama_img.errors import UserError
 from ollama_img.models import Architecture, Component, architecture_for
+from ollama_img.store.blobs import BlobRef
 from ollama_img.store.safetensors_format import Header
 from ollama_img.store.source import read_header
 
@@ -36,6 +37,7 @@ class Shard:
     path: Path
     display: str  # the path relative to the folder, for messages
     header: Header
+    stored: BlobRef | None = None  # set when the file is a store blob holding its one tensor as `data`
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,11 @@ class ImportPlan:
     model_index: dict
     files: tuple[FileItem, ...]  # top-level files (model_index.json)
     components: tuple[ComponentPlan, ...]
+    label: str | None = None  # where it comes from, for messages (default: the folder)
+
+    @property
+    def origin(self) -> str:
+        return self.label or str(self.folder)
 
     @property
     def tensor_count(self) -> int:

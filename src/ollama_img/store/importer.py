@@ -10,10 +10,11 @@ pointing at a missing blob, and re-running it reuses every blob already written.
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
+from ollama_img.quantization import QuantRule, QuantType, config_record, quantize_weight, rule_for
 from ollama_img.store.blobs import (
     PLAIN_TENSOR_NAME,
     BlobRef,
@@ -48,6 +49,7 @@ class ImportResult:
 class _Tally:
     new: int = 0
     reused: int = 0
+    quantized: dict[str, int] = field(default_factory=dict)  # component -> tensors quantized
 
     def count(self, blob: WrittenBlob) -> WrittenBlob:
         if blob.new:
@@ -63,11 +65,17 @@ def import_folder(
     plan: ImportPlan,
     progress: ProgressCallback | None = None,
     hash_in_thread: bool = True,
+    quantize: QuantType | None = None,
 ) -> ImportResult:
-    """Store everything `plan` lists under `name` (an existing model of that name is replaced)."""
+    """Store everything `plan` lists under `name` (an existing model of that name is replaced).
+
+    With `quantize`, the weights the architecture's rule selects are quantized on the way, one tensor
+    in memory at a time.
+    """
     name = name if isinstance(name, ModelName) else ModelName.parse(name)
     report = progress or (lambda _bytes, _tensors: None)
     tally = _Tally()
+    quantizer = _Quantizer(quantize, rule_for(plan.architecture.class_name), tally) if quantize else None
     layers: list[Layer] = []
     previous = store.manifest_path(name).read_bytes() if store.exists(name) else None
     with store.writing():
@@ -78,13 +86,13 @@ def import_folder(
                 for component in plan.components:
                     layers += [_store_file(store, item, tally) for item in component.files]
                     for shard in component.shards:
-                        layers += _store_shard(store, shard, report, executor, publisher)
+                        layers += _store_shard(store, shard, report, executor, publisher, tally, quantizer)
                 for blob in publisher.drain():
                     tally.count(blob)
         finally:
             if executor is not None:
                 executor.shutdown()
-        config_bytes = _encode_config(plan, layers)
+        config_bytes = _encode_config(plan, layers, quantizer)
         config = tally.count(write_bytes_blob(store.blobs_dir, config_bytes))
         fsync_dir(store.blobs_dir)
         raw = encode_manifest(layers, config.digest, config.size)
@@ -116,32 +124,87 @@ def _store_file(store: Store, item: FileItem, tally: _Tally) -> Layer:
 
 
 def _store_shard(
-    store: Store, shard: Shard, report: ProgressCallback, executor: Executor | None, publisher: BlobPublisher
+    store: Store,
+    shard: Shard,
+    report: ProgressCallback,
+    executor: Executor | None,
+    publisher: BlobPublisher,
+    tally: _Tally,
+    quantizer: "_Quantizer | None" = None,
 ) -> list[Layer]:
     layers = []
+    if shard.stored is not None and (quantizer is None or not quantizer.selects(shard)):
+        # A tensor already in the store that stays as it is: the same blob, nothing read or written.
+        (tensor,) = shard.header.tensors
+        tally.reused += 1
+        report(tensor.nbytes, 1)
+        return [_tensor_layer(shard, tensor, shard.stored)]
     try:
         reader = SafetensorsReader(shard.path, shard.header, shard.display)
     except OSError as exc:
         raise UserError(f"cannot read {shard.display}: {exc.strerror or exc}") from None
     with reader:
         for tensor in shard.header.tensors:
-            entry = TensorEntry(PLAIN_TENSOR_NAME, tensor.dtype, tensor.shape)
             chunks = _reporting(reader.chunks(tensor), report)
+            layer_name = f"{shard.layer_prefix}/{tensor.name}"
+            if quantizer is not None and quantizer.rule.selects(
+                layer_name, tensor.dtype, tensor.shape, quantizer.quant
+            ):
+                tensors, metadata = quantizer.encode(layer_name, tensor, chunks)
+            else:
+                tensors, metadata = (
+                    [(TensorEntry(PLAIN_TENSOR_NAME, tensor.dtype, tensor.shape), chunks)],
+                    None,
+                )
             blob: BlobRef = write_tensor_blob(
-                store.blobs_dir, [(entry, chunks)], executor=executor, publisher=publisher
+                store.blobs_dir, tensors, metadata, executor=executor, publisher=publisher
             )
             report(0, 1)
-            layers.append(
-                Layer(
-                    name=f"{shard.layer_prefix}/{tensor.name}",
-                    digest=blob.digest,
-                    size=blob.size,
-                    media_type=TENSOR_MEDIA_TYPE,
-                    dtype=tensor.dtype,
-                    shape=tensor.shape,
-                )
-            )
+            layers.append(_tensor_layer(shard, tensor, blob))
     return layers
+
+
+def _tensor_layer(shard: Shard, tensor, blob: BlobRef) -> Layer:
+    """The manifest layer of a tensor: its logical name, dtype and shape, whatever its blob holds."""
+    return Layer(
+        name=f"{shard.layer_prefix}/{tensor.name}",
+        digest=blob.digest,
+        size=blob.size,
+        media_type=TENSOR_MEDIA_TYPE,
+        dtype=tensor.dtype,
+        shape=tensor.shape,
+    )
+
+
+@dataclass
+class _Quantizer:
+    """Quantizes the tensors `rule` selects to `quant`, counting them per component for the config."""
+
+    quant: QuantType
+    rule: QuantRule
+    tally: _Tally
+
+    def selects(self, shard: Shard) -> bool:
+        return any(
+            self.rule.selects(f"{shard.layer_prefix}/{t.name}", t.dtype, t.shape, self.quant)
+            for t in shard.header.tensors
+        )
+
+    def encode(self, layer_name: str, tensor, chunks: Iterator) -> tuple[list, dict[str, str]]:
+        """Read the whole tensor (the only one held in memory), quantize it: the blob's tensors and metadata."""
+        raw = bytearray(tensor.nbytes)
+        view, filled = memoryview(raw), 0
+        for chunk in chunks:
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        parts = quantize_weight(raw, tensor.dtype, tensor.shape, self.quant)
+        component = layer_name.partition("/")[0]
+        self.tally.quantized[component] = self.tally.quantized.get(component, 0) + 1
+        tensors = [
+            (TensorEntry(name, dtype, array.shape), [memoryview(array).cast("B")])
+            for name, dtype, array in parts
+        ]
+        return tensors, self.quant.metadata()
 
 
 def _reporting(chunks: Iterator, report: ProgressCallback) -> Iterator:
@@ -150,7 +213,7 @@ def _reporting(chunks: Iterator, report: ProgressCallback) -> Iterator:
         report(len(chunk), 0)
 
 
-def _encode_config(plan: ImportPlan, layers: list[Layer]) -> bytes:
+def _encode_config(plan: ImportPlan, layers: list[Layer], quantizer: _Quantizer | None = None) -> bytes:
     """The config blob: what `show` prints and what the loader needs to pick the architecture."""
     components = {}
     for component in plan.components:
@@ -167,7 +230,9 @@ def _encode_config(plan: ImportPlan, layers: list[Layer]) -> bytes:
         "format": "diffusers",
         "components": components,
         "parameter_count": sum(c.parameters for c in plan.components),
-        "quantization": None,
+        "quantization": (
+            config_record(quantizer.quant, quantizer.rule, quantizer.tally.quantized) if quantizer else None
+        ),
         "total_size": sum(layer.size for layer in layers),
     }
     return json.dumps(config, indent=2).encode("utf-8") + b"\n"
