@@ -12,6 +12,7 @@ The types are MLX's quantization modes under the names ollama's MLX engine uses.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ollama_img.errors import UserError
@@ -50,6 +51,7 @@ TYPES = {
     )
 }
 ALIASES = {"mxfp8": "fp8"}
+MODES = frozenset(t.mode for t in TYPES.values())
 
 
 def parse_quant_type(text: str) -> QuantType:
@@ -146,23 +148,33 @@ def describe(record) -> tuple[str, list[tuple[str, str]]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading: keep weights packed (quantized matmul) or dequantize them once at load, per back end.
+# Loading: how each back end runs quantized weights (see `ollama_img.quantized_linear`).
 
-# (back end, mode) pairs where MLX's quantized matmul measured slower than a plain matmul with the
-# dequantized weights (bench/RESULTS.md, "Quantization"): there the loader dequantizes at load, which
-# costs the memory saving but not the disk saving.
-_DEQUANTIZE_AT_LOAD = {
-    ("cuda", "mxfp8"),
-    ("cuda", "affine"),
-    ("cuda", "mxfp4"),
-    ("cuda", "nvfp4"),
-    ("cpu", "mxfp8"),
+QUANTIZED_MATMUL = "quantized-matmul"  # packed, MLX's quantized matmul
+DEQUANTIZE_PER_CALL = "dequantize-per-call"  # packed, dequantized in each call for a plain matmul
+DEQUANTIZE_AT_LOAD = "dequantize-at-load"  # plain weights, dequantized once while loading
+STRATEGIES = (QUANTIZED_MATMUL, DEQUANTIZE_PER_CALL, DEQUANTIZE_AT_LOAD)
+
+# Chosen from measurements (bench/RESULTS.md, "Quantization"): the fastest way, and among ways within
+# 5% of the fastest the one that holds the least memory.
+# - CPU: quantized matmul is ~2x slower than a plain one for mxfp8 and ~10% slower for affine, ~2x
+#   faster for the fp4 modes; dequantizing per call is within 5% of a plain matmul.
+# - CUDA: mxfp8 quantized matmul measured 4.5x slower than bf16 at the FFN shape on an H100; the other
+#   modes are assumed alike until bench/quantization.py's CUDA figures say otherwise.
+# - Metal (not in the table): MLX's quantized kernels are its fast path there.
+_STRATEGY = {
+    ("cpu", "mxfp8"): DEQUANTIZE_PER_CALL,
+    ("cpu", "affine"): DEQUANTIZE_PER_CALL,
+    ("cuda", "mxfp8"): DEQUANTIZE_AT_LOAD,
+    ("cuda", "affine"): DEQUANTIZE_AT_LOAD,
+    ("cuda", "nvfp4"): DEQUANTIZE_AT_LOAD,
+    ("cuda", "mxfp4"): DEQUANTIZE_AT_LOAD,
 }
 
 
-def packed_matmul_is_faster(backend: str, mode: str) -> bool:
-    """Whether to keep a weight of this mode packed on this back end ("metal", "cuda", "cpu")."""
-    return (backend, mode) not in _DEQUANTIZE_AT_LOAD
+def loading_strategy(backend: str, mode: str) -> str:
+    """How to run weights of quantization `mode` on `backend` ("metal", "cuda", "cpu")."""
+    return _STRATEGY.get((backend, mode), QUANTIZED_MATMUL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,41 +199,69 @@ class QuantParams:
                 f"{where} is stored quantized without valid quantization metadata ({metadata}); "
                 "re-create the model"
             ) from None
-        if params.mode not in {t.mode for t in TYPES.values()}:
+        if params.mode not in MODES:
             raise UserError(f"{where} uses quantization mode {params.mode!r}, which this version cannot load")
         return params
 
 
 _NUMPY_OF = {"BF16": "uint16", "F16": "float16", "F32": "float32"}  # bf16 travels as its bit pattern
+_ITEM_SIZE = {"BF16": 2, "F16": 2, "F32": 4}
+BLOCK_BYTES = 8 << 20  # source bytes quantized at a time
 
 
 def quantize_weight(
-    raw, dtype: str, shape: tuple[int, ...], quant: QuantType
-) -> list[tuple[str, str, object]]:
-    """Quantize a weight given as its raw little-endian bytes: [(name, safetensors dtype, numpy array)].
+    chunks: Iterable, dtype: str, shape: tuple[int, ...], quant: QuantType, block_bytes: int = BLOCK_BYTES
+) -> list[tuple[str, str, list]]:
+    """Quantize a (rows, cols) weight streamed as raw little-endian byte chunks.
 
-    The names are `weight` (packed, U32), `scales` and, for affine modes, `biases`, in that order.
+    Returns [(name, safetensors dtype, [numpy blocks])] for `weight` (packed, U32), `scales` and, for
+    affine modes, `biases`; each tensor is its blocks concatenated along the rows. Groups run along a
+    row, so quantizing a block of rows at a time gives the same bytes as the whole matrix at once,
+    while memory holds one block of the source and the (2 to 4 times smaller) quantized output.
     """
     import numpy as np
 
     from ollama_img.backend import require_mlx
 
     mx = require_mlx()
-    array = mx.array(np.frombuffer(raw, dtype=_NUMPY_OF[dtype]).reshape(shape))
-    if dtype == "BF16":
-        array = array.view(mx.bfloat16)
-    parts = mx.quantize(array, group_size=quant.group_size, bits=quant.bits, mode=quant.mode)
-    mx.eval(parts)
-    return [
-        (name, *_to_numpy(part)) for name, part in zip(("weight", "scales", "biases"), parts, strict=False)
-    ]
+    rows, cols = shape
+    row_bytes = cols * _ITEM_SIZE[dtype]
+    names = ("weight", "scales", "biases")
+    outputs: list[tuple[str, str, list]] = []
+
+    def quantize_rows(data) -> None:
+        block = mx.array(np.frombuffer(data, dtype=_NUMPY_OF[dtype]).reshape(-1, cols))
+        if dtype == "BF16":
+            block = block.view(mx.bfloat16)
+        parts = mx.quantize(block, group_size=quant.group_size, bits=quant.bits, mode=quant.mode)
+        for i, part in enumerate(parts):
+            if part.dtype == mx.bfloat16:
+                part = part.view(mx.uint16)
+            if len(outputs) <= i:
+                outputs.append((names[i], _SAFETENSORS_DTYPE[str(parts[i].dtype)], []))
+            outputs[i][2].append(np.array(part))
+
+    pending = bytearray()
+    done = 0
+    for chunk in chunks:
+        pending += chunk
+        if len(pending) >= block_bytes:
+            whole = len(pending) - len(pending) % row_bytes
+            quantize_rows(pending[:whole])
+            done += whole // row_bytes
+            del pending[:whole]
+    if pending:
+        quantize_rows(pending)
+        done += len(pending) // row_bytes
+    if done != rows or len(pending) % row_bytes:
+        raise ValueError(f"expected {rows} rows of {row_bytes} bytes")
+    return outputs
 
 
-def _to_numpy(array) -> tuple[str, object]:
-    import mlx.core as mx
-    import numpy as np
-
-    if array.dtype == mx.bfloat16:
-        return "BF16", np.array(array.view(mx.uint16))
-    names = {mx.uint32: "U32", mx.uint8: "U8", mx.float16: "F16", mx.float32: "F32"}
-    return names[array.dtype], np.array(array)
+_SAFETENSORS_DTYPE = {
+    "mlx.core.uint32": "U32",
+    "mlx.core.uint8": "U8",
+    "mlx.core.bfloat16": "BF16",
+    "mlx.core.float16": "F16",
+    "mlx.core.float32": "F32",
+}

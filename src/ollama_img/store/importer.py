@@ -191,20 +191,22 @@ class _Quantizer:
         )
 
     def encode(self, layer_name: str, tensor, chunks: Iterator) -> tuple[list, dict[str, str]]:
-        """Read the whole tensor (the only one held in memory), quantize it: the blob's tensors and metadata."""
-        raw = bytearray(tensor.nbytes)
-        view, filled = memoryview(raw), 0
-        for chunk in chunks:
-            view[filled : filled + len(chunk)] = chunk
-            filled += len(chunk)
-        parts = quantize_weight(raw, tensor.dtype, tensor.shape, self.quant)
+        """Quantize the tensor as its chunks stream in: the blob's tensors and metadata."""
+        parts = quantize_weight(chunks, tensor.dtype, tensor.shape, self.quant)
         component = layer_name.partition("/")[0]
         self.tally.quantized[component] = self.tally.quantized.get(component, 0) + 1
         tensors = [
-            (TensorEntry(name, dtype, array.shape), [memoryview(array).cast("B")])
-            for name, dtype, array in parts
+            (
+                TensorEntry(name, dtype, (sum(b.shape[0] for b in blocks), *blocks[0].shape[1:])),
+                _bytes_of(blocks),
+            )
+            for name, dtype, blocks in parts
         ]
         return tensors, self.quant.metadata()
+
+
+def _bytes_of(blocks: list) -> list[memoryview]:
+    return [memoryview(block).cast("B") for block in blocks]
 
 
 def _reporting(chunks: Iterator, report: ProgressCallback) -> Iterator:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_unflatten
 
 from ollama_img.backend import platform_backend
 from ollama_img.errors import UserError
@@ -13,7 +12,15 @@ from ollama_img.models.zimage.text_encoder import Qwen3Config, Qwen3TextEncoder
 from ollama_img.models.zimage.tokenizer import PromptTokenizer
 from ollama_img.models.zimage.transformer import ZImageConfig, ZImageTransformer
 from ollama_img.models.zimage.vae import AutoencoderKL, VaeConfig
-from ollama_img.quantization import QuantParams, packed_matmul_is_faster
+from ollama_img.quantization import MODES, QuantParams, loading_strategy
+from ollama_img.quantized_linear import (
+    DEQUANTIZE_AT_LOAD,
+    DEQUANTIZE_PER_CALL,
+    STRATEGIES,
+    dequantize_weights,
+    use_dequantizing_linears,
+    use_quantized_linears,
+)
 from ollama_img.weights import ComponentWeights, WeightSource
 
 __all__ = ["ZImagePipeline", "compute_dtype", "load"]
@@ -36,18 +43,17 @@ def _load_module(
     dtype: mx.Dtype,
     label: str,
     quantized: dict[str, QuantParams] | None = None,
-    packed: bool = True,
+    strategy=None,
 ) -> None:
     """Load weights strictly; cast all but Linear weights (and quantized ones) to the compute dtype.
 
-    Linear layers whose weights arrive quantized become `nn.QuantizedLinear` (`packed`), or get their
-    weights dequantized once here, back to the checkpoint's dtype, where the quantized matmul is slower.
+    Linear layers whose weights arrive quantized become `nn.QuantizedLinear`, or get their weights
+    dequantized here where `strategy(mode)` says DEQUANTIZE_AT_LOAD.
     """
     if quantized:
-        if packed:
-            _use_quantized_linears(module, quantized, label)
-        else:
-            weights = _dequantized(weights, quantized)
+        at_load = {base: p for base, p in quantized.items() if strategy(p.mode) == DEQUANTIZE_AT_LOAD}
+        weights = dequantize_weights(weights, at_load) if at_load else weights
+        use_quantized_linears(module, {b: p for b, p in quantized.items() if b not in at_load}, label)
     keep_dtype = {f"{path}.weight" for path, m in module.named_modules() if isinstance(m, nn.Linear)}
     for path, m in module.named_modules():
         if isinstance(m, nn.QuantizedLinear):
@@ -64,54 +70,16 @@ def _load_module(
     mx.eval(module.parameters())
 
 
-def _use_quantized_linears(module: nn.Module, quantized: dict[str, QuantParams], label: str) -> None:
-    """Swap each Linear whose weight is stored quantized for a QuantizedLinear of the same shape."""
-    linears = {path: m for path, m in module.named_modules() if isinstance(m, nn.Linear)}
-    swaps = []
-    for path, params in quantized.items():
-        linear = linears.get(path)
-        if linear is None:
-            raise UserError(f"{label}: {path} is stored quantized but is not a Linear layer of this model")
-        out_dims, in_dims = linear.weight.shape
-        swaps.append(
-            (
-                path,
-                nn.QuantizedLinear(
-                    in_dims,
-                    out_dims,
-                    bias="bias" in linear,
-                    group_size=params.group_size,
-                    bits=params.bits,
-                    mode=params.mode,
-                ),
-            )
-        )
-    module.update_modules(tree_unflatten(swaps))
-
-
-def _dequantized(weights: dict[str, mx.array], quantized: dict[str, QuantParams]) -> dict[str, mx.array]:
-    """The weights with every quantized one turned back into a plain matrix of its logical dtype."""
-    weights = dict(weights)
-    for base, params in quantized.items():
-        weights[f"{base}.weight"] = mx.dequantize(
-            weights.pop(f"{base}.weight"),
-            weights.pop(f"{base}.scales"),
-            weights.pop(f"{base}.biases", None),
-            group_size=params.group_size,
-            bits=params.bits,
-            mode=params.mode,
-            dtype=_MX_DTYPES[params.dtype],
-        )
-    return weights
-
-
-_MX_DTYPES = {"BF16": mx.bfloat16, "F16": mx.float16, "F32": mx.float32}
-
-
 def _renamed(sanitize, quantized: dict[str, QuantParams]) -> dict[str, QuantParams]:
     """Apply a module's checkpoint-name mapping (`sanitize`) to the base names of its quantized weights."""
     renamed = sanitize({f"{base}.weight": params for base, params in quantized.items()})
     return {name.removesuffix(".weight"): params for name, params in renamed.items()}
+
+
+def _linear_dtype(checkpoint: mx.Dtype, compute: mx.Dtype) -> mx.Dtype:
+    """What plain Linear weights hold after loading (see `_load_module`): the checkpoint's dtype unless the
+    compute dtype is narrower."""
+    return checkpoint if mx.finfo(checkpoint).bits <= mx.finfo(compute).bits else compute
 
 
 def _checkpoint_dtype(weights: ComponentWeights) -> mx.Dtype:
@@ -130,13 +98,12 @@ def _config(build, cfg: dict, label: str):
 
 
 def load(
-    source: WeightSource, dtype: mx.Dtype | None = None, *, quantized_matmul: bool | None = None
+    source: WeightSource, dtype: mx.Dtype | None = None, *, quantized: str | None = None
 ) -> ZImagePipeline:
     """Read configs and weights from `source` and build the MLX pipeline (weights evaluated, ready to run).
 
-    Quantized weights stay packed (quantized matmul) where that is faster on this back end and are
-    dequantized once at load where it is not (`packed_matmul_is_faster`); `quantized_matmul` forces
-    one or the other (benchmarks).
+    Quantized weights run the way `loading_strategy` picks for this back end and their mode;
+    `quantized` (one of `STRATEGIES`) forces one way for all of them (benchmarks, tests).
     """
     tok_cfg = source.read_json("tokenizer/tokenizer_config.json")
     tokenizer_json = source.read_text("tokenizer/tokenizer.json")
@@ -149,37 +116,34 @@ def load(
     except Exception as exc:
         raise UserError(f"{source.label}: cannot load the tokenizer ({exc})") from None
 
+    if quantized is not None and quantized not in STRATEGIES:
+        raise ValueError(f"quantized must be one of {STRATEGIES}, got {quantized!r}")
     backend = platform_backend()
 
-    def packed(quantized: dict[str, QuantParams]) -> bool:
-        if quantized_matmul is not None:
-            return quantized_matmul
-        return all(packed_matmul_is_faster(backend, params.mode) for params in quantized.values())
+    def strategy(mode: str) -> str:
+        return quantized or loading_strategy(backend, mode)
+
+    per_call = {mode for mode in MODES if strategy(mode) == DEQUANTIZE_PER_CALL}
 
     te = source.weights("text_encoder")
+    checkpoint_dtype = _checkpoint_dtype(te)
     if dtype is None:
-        dtype = compute_dtype(_checkpoint_dtype(te))
+        dtype = compute_dtype(checkpoint_dtype)
     te_cfg = _config(Qwen3Config.from_dict, source.read_json("text_encoder/config.json"), source.label)
     text_encoder = Qwen3TextEncoder(te_cfg)
     te_quantized = _renamed(text_encoder.sanitize, te.quantized)
-    _load_module(
-        text_encoder,
-        text_encoder.sanitize(te.tensors),
-        dtype,
-        f"{source.label} text_encoder",
-        te_quantized,
-        packed(te_quantized),
-    )
+    te_label = f"{source.label} text_encoder"
+    _load_module(text_encoder, text_encoder.sanitize(te.tensors), dtype, te_label, te_quantized, strategy)
     del te
+    use_dequantizing_linears(text_encoder, per_call, _linear_dtype(checkpoint_dtype, dtype))
 
     tr_cfg = _config(ZImageConfig.from_dict, source.read_json("transformer/config.json"), source.label)
     transformer = ZImageTransformer(tr_cfg)
     tr = source.weights("transformer")
-    _load_module(
-        transformer, tr.tensors, dtype, f"{source.label} transformer", tr.quantized, packed(tr.quantized)
-    )
+    _load_module(transformer, tr.tensors, dtype, f"{source.label} transformer", tr.quantized, strategy)
     del tr
     transformer.fuse_projections()
+    use_dequantizing_linears(transformer, per_call, _linear_dtype(checkpoint_dtype, dtype))
     mx.eval(transformer.parameters())
 
     vae_cfg = _config(VaeConfig.from_dict, source.read_json("vae/config.json"), source.label)
