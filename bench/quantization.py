@@ -8,8 +8,8 @@
         matmul at the FFN shape (bf16 vs quantized_matmul vs qqmm vs dequantize), error per tensor
         family, then per type: create through the store, stored bytes, load each way (quantized matmul, dequantize per call, at load),
         forward error, image PSNR, step and generation time, resident and peak memory.
-    python bench/quantization.py report OUT.json [--write]
-        The device figures as a bench/RESULTS.md section.
+    python bench/quantization.py report OUT.json... [--write]
+        The device figures (several runs merged) as a bench/RESULTS.md section.
 
 Errors compare against the unquantized model from the same folder, same prompt, seed and latents:
 relative error = ||q - ref|| / ||ref|| of one transformer forward (model time 0.5) and of the prompt
@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from datetime import date
 from pathlib import Path
 
@@ -426,7 +427,8 @@ def timing(pipe, ref: Reference, runs: int) -> dict:
     return out
 
 
-def model_figures(folder: Path, store_root: Path, types: list[str], args) -> dict:
+def model_figures(folder: Path, store_root: Path, types: list[str], args, save=lambda res: None) -> dict:
+    """The model part of `device`; `save(res)` is called after each part, so a run cut short keeps them."""
     from ollama_img import load_pipeline
     from ollama_img.models.zimage import load
     from ollama_img.store import Store, import_folder, inspect_folder
@@ -443,8 +445,10 @@ def model_figures(folder: Path, store_root: Path, types: list[str], args) -> dic
     if "timing" not in args.skip:
         res["bf16"].update(timing(base, ref, runs))
     print(f"bf16: {json.dumps(res['bf16'])}", flush=True)
+    save(res)
     if "families" not in args.skip:
         res["families"] = family_errors(base, ref, images=args.family_images)
+        save(res)
     del base
     mx.clear_cache()
 
@@ -454,7 +458,13 @@ def model_figures(folder: Path, store_root: Path, types: list[str], args) -> dic
         q = TYPES[name]
         row = {}
         t0 = time.perf_counter()
-        result = import_folder(store, name, inspect_folder(folder), quantize=q)
+        try:
+            result = import_folder(store, name, inspect_folder(folder), quantize=q)
+        except Exception as exc:
+            traceback.print_exc()
+            res["types"][name] = {"unavailable": str(exc).splitlines()[0][:160]}
+            save(res)
+            continue
         row["import_s"] = time.perf_counter() - t0
         manifest = result.manifest
         quantized = [
@@ -477,13 +487,19 @@ def model_figures(folder: Path, store_root: Path, types: list[str], args) -> dic
                 continue
             mx.clear_cache()
             mx.reset_peak_memory()
-            t0 = time.perf_counter()
-            pipe = load(StoreSource(store, name), quantized=variant)
-            v = {"load_s": time.perf_counter() - t0, "load_peak_bytes": mx.get_peak_memory()}
-            v["resident_bytes"] = pipe.resident_bytes
-            v.update(errors(pipe, ref))
-            if "timing" not in args.skip:
-                v.update(timing(pipe, ref, runs))
+            try:
+                t0 = time.perf_counter()
+                pipe = load(StoreSource(store, name), quantized=variant)
+                v = {"load_s": time.perf_counter() - t0, "load_peak_bytes": mx.get_peak_memory()}
+                v["resident_bytes"] = pipe.resident_bytes
+                v.update(errors(pipe, ref))
+                if "timing" not in args.skip:
+                    v.update(timing(pipe, ref, runs))
+            except Exception as exc:  # a way this back end cannot run: record it, measure the others
+                traceback.print_exc()
+                row[variant] = {"unavailable": str(exc).splitlines()[0][:160]}
+                pipe = None
+                continue
             row[variant] = v
             print(f"{name} {variant}: {json.dumps(v)}", flush=True)
             on_gpu = mx.default_device() == mx.gpu
@@ -504,6 +520,7 @@ def model_figures(folder: Path, store_root: Path, types: list[str], args) -> dic
             del pipe
         store.remove([name])
         res["types"][name] = row
+        save(res)
     return res
 
 
@@ -526,24 +543,45 @@ def environment() -> dict:
 def cmd_device(args):
     mx = _mx()
     res = environment()
-    types = args.types.split(",") if args.types else list(TYPES)
+    types = [] if args.types == "none" else (args.types.split(",") if args.types else list(TYPES))
     on_gpu = mx.default_device() == mx.gpu
+
+    def save(model=None):
+        if model is not None:
+            res["model"] = model
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
+
     if "matmul" not in args.skip:
         res["matmul"] = matmul_figures(FFN_SHAPE if on_gpu else CPU_SHAPE, 10 if on_gpu else 3)
+        save()
     store_root = Path(args.store) if args.store else Path(tempfile.mkdtemp(prefix="quant-store-"))
     try:
         if "model" not in args.skip:
-            res["model"] = model_figures(Path(args.dir), store_root, types, args)
+            model_figures(Path(args.dir), store_root, types, args, save)
     finally:
         if not args.store:
             shutil.rmtree(store_root, ignore_errors=True)
-    text = json.dumps(res, indent=2)
-    if args.json:
-        Path(args.json).write_text(text)
     markdown = device_markdown(res)
     print(markdown)
     if args.markdown:
         Path(args.markdown).write_text(markdown + "\n")
+
+
+def merge(results: list[dict]) -> dict:
+    """Several `device` runs (e.g. split by --types to stay within a time limit) as one."""
+    merged: dict = {}
+    for res in results:
+        for key, value in res.items():
+            if key == "model" and "model" in merged:
+                model = merged["model"]
+                model.setdefault("types", {}).update(value.get("types", {}))
+                for part in ("families", "bf16"):
+                    if part in value and part not in model:
+                        model[part] = value[part]
+            elif key not in merged:
+                merged[key] = value
+    return merged
 
 
 def cmd_cpu(args):
@@ -569,7 +607,7 @@ def cmd_cpu(args):
 
 
 def cmd_report(args):
-    res = json.loads(Path(args.result).read_text())
+    res = merge([json.loads(Path(p).read_text()) for p in args.results])
     text = device_markdown(res)
     print(text)
     if args.write:
@@ -641,10 +679,13 @@ def types_table(model: dict) -> list[str]:
         "image PSNR | import s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    first = next(iter(model["types"].values()), None)
+    first = next((r for r in model["types"].values() if "unquantized_total" in r), None)
     if first:
         lines.append(f"| bf16 | {_gb(first['unquantized_total'])} | - | 0 | 0 | inf | - |")
     for name, r in model["types"].items():
+        if "unavailable" in r:
+            lines.append(f"| {name} | unavailable: {r['unavailable']} | | | | | |")
+            continue
         v = next((r[k] for k in (DEQUANTIZE_AT_LOAD, *STRATEGIES) if k in r), {})
         ratio = r["quantized_bytes"] / max(r["quantized_unquantized_bytes"], 1)
         lines.append(
@@ -789,7 +830,7 @@ def main():
     p.add_argument("--json")
     p.add_argument("--markdown")
     p.add_argument("--store", help="store directory to use (default: a temporary one, removed after)")
-    p.add_argument("--types", help="comma-separated subset of " + ",".join(TYPES))
+    p.add_argument("--types", help="comma-separated subset of " + ",".join(TYPES) + ", or none")
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=1024)
     p.add_argument("--steps", type=int, default=9)
@@ -802,7 +843,7 @@ def main():
         choices=["matmul", "model", "families", "timing", *STRATEGIES, "qqmm"],
     )
     p = sub.add_parser("report")
-    p.add_argument("result")
+    p.add_argument("results", nargs="+", help="JSON files of `device` runs on one machine")
     p.add_argument("--write", action="store_true")
     args = ap.parse_args()
     if args.cmd == "cpu":
