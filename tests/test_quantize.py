@@ -151,6 +151,8 @@ def test_show_prints_the_quantization_and_the_rule(store, cli, tiny_folder):
     assert re.search(r"tensors\s+39 quantized \(text_encoder 3, transformer 36\)", section)
     rule = " ".join(line.strip() for line in section.split("rule", 1)[1].splitlines())
     assert rule == ZIMAGE_RULE.text
+    assert re.search(r"transformer\s+ZImageTransformer2DModel\s+706\.1K\s+1\.1 MB\s+BF16, int4", text)
+    assert re.search(r"vae\s+AutoencoderKL\s+364\.7K\s+747 KB\s+BF16\n", text)
     doc = json.loads(cli("show", "z", "--json").out)
     assert doc["config"]["quantization"]["type"] == "int4"
     plain = cli("create", "p", "-f", str(tiny_folder))
@@ -249,3 +251,21 @@ def test_quantizing_in_row_blocks_gives_the_bytes_of_the_whole_matrix(name):
         if expected.dtype == mx.bfloat16:
             expected = expected.view(mx.uint16)
         assert np.array_equal(np.concatenate(blocks), np.array(expected)), dtype
+
+
+def test_a_model_can_be_quantized_in_place(store, cli, tiny_folder):
+    """`create z --from z --quantize int8` replaces z by its quantized self; the bf16 blobs it no longer
+    uses are freed, the others are kept."""
+    cli("create", "z", "-f", str(tiny_folder))
+    before = store.manifest("z")
+    result = cli("create", "z", "--from", "z", "--quantize", "int8")
+    assert result.code == 0, result.err
+    after = store.manifest("z")
+    assert after.config["quantization"]["type"] == "int8"
+    assert "freed" in result.out
+    gone = before.digests() - after.digests()
+    assert (
+        len(gone) == sum(EXPECTED_COUNTS["int8"].values()) + 1
+    )  # the quantized weights' bf16 blobs, the config
+    assert not any(store.blob_path(d).exists() for d in gone)
+    assert_store_consistent(store)

@@ -233,7 +233,12 @@ def quantize_weight(
         block = mx.array(np.frombuffer(data, dtype=_NUMPY_OF[dtype]).reshape(-1, cols))
         if dtype == "BF16":
             block = block.view(mx.bfloat16)
-        parts = mx.quantize(block, group_size=quant.group_size, bits=quant.bits, mode=quant.mode)
+        kwargs = {"group_size": quant.group_size, "bits": quant.bits, "mode": quant.mode}
+        try:
+            parts = mx.quantize(block, **kwargs)
+            mx.eval(parts)
+        except (RuntimeError, ValueError):  # a GPU back end without this mode's quantizer: the CPU has all
+            parts = mx.quantize(block, **kwargs, stream=mx.cpu)
         for i, part in enumerate(parts):
             if part.dtype == mx.bfloat16:
                 part = part.view(mx.uint16)

@@ -131,13 +131,19 @@ def show(
         print(_indent(_wrapped_table(quantization_details), 4))
     print()
     print("  Components")
+    record = config.get("quantization")
+    counts = record.get("tensors") if isinstance(record, dict) else None
+
+    def quantized_as(component: str) -> list[str]:
+        return [str(record.get("type"))] if isinstance(counts, dict) and counts.get(component) else []
+
     rows = [
         [
             component,
             str(info.get("class") or "-"),
             human_count(info.get("parameters") or 0) if info.get("parameters") else "-",
             human_bytes(int(info.get("size") or 0)),
-            ", ".join(info.get("dtypes") or []) or "-",
+            ", ".join([*(info.get("dtypes") or []), *quantized_as(component)]) or "-",
         ]
         for component, info in (config.get("components") or {}).items()
     ]
