@@ -28,7 +28,7 @@ class QuantType:
     mode: str  # MLX's mode: "affine", "mxfp8", "mxfp4", "nvfp4"
     bits: int
     group_size: int
-    summary: str  # one phrase for `show` and `--help`
+    summary: str  # one phrase for `show`
 
     def metadata(self) -> dict[str, str]:
         """The `__metadata__` of each quantized weight's blob."""
