@@ -417,23 +417,36 @@ class ZImageTransformer(nn.Module):
 
 
 class CompiledSteps:
-    """mx.compile'd step parts; arrays in, arrays out (compile retraces for each new shape)."""
+    """The step parts, mx.compile'd: the same interface as the model's (compile retraces per new shape)."""
 
     def __init__(self, model: ZImageTransformer):
         def embed(latents, tokens, cap_cos, cap_sin, refiner):
-            caption = Caption(tokens, cap_cos, cap_sin)
-            return model.embed_image(latents, caption, Modulation(refiner, None, None))
+            return model.embed_image(
+                latents, Caption(tokens, cap_cos, cap_sin), Modulation(refiner, None, None)
+            )
 
         def main(x, cos, sin, layers):
             return model.main_stack(x, cos, sin, Modulation(None, layers, None))
 
-        def unembed(x, final, latents):
-            return model.unembed(x, latents.shape, Modulation(None, None, final))
+        self._model = model
+        self._embed, self._main = mx.compile(embed), mx.compile(main)
+        self._unembed = {}  # one compiled function per output shape: shapes are not arrays
 
-        self.embed = mx.compile(embed)
-        self.main = mx.compile(main)
-        self.unembed = mx.compile(unembed)
+    def embed_image(self, latents: mx.array, caption: Caption, mod: Modulation):
+        return self._embed(latents, caption.tokens, caption.cos, caption.sin, mod.refiner)
+
+    def main_stack(self, x: mx.array, cos: mx.array, sin: mx.array, mod: Modulation) -> mx.array:
+        return self._main(x, cos, sin, mod.layers)
+
+    def unembed(self, x: mx.array, shape: tuple[int, ...], mod: Modulation) -> mx.array:
+        shape = tuple(shape)
+        if shape not in self._unembed:
+            model = self._model
+            self._unembed[shape] = mx.compile(
+                lambda x, final: model.unembed(x, shape, Modulation(None, None, final))
+            )
+        return self._unembed[shape](x, mod.final)
 
     def step(self, latents: mx.array, caption: Caption, mod: Modulation) -> mx.array:
-        x, cos, sin = self.embed(latents, caption.tokens, caption.cos, caption.sin, mod.refiner)
-        return self.unembed(self.main(x, cos, sin, mod.layers), mod.final, latents)
+        x, cos, sin = self.embed_image(latents, caption, mod)
+        return self.unembed(self.main_stack(x, cos, sin, mod), latents.shape, mod)
