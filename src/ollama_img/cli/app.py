@@ -2,8 +2,12 @@
 
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.2x vendors its own copy of click; its exceptions are not the `click` package's
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # older typer uses click itself
+    from click import exceptions as click_exceptions
 
 from ollama_img import __version__
 from ollama_img.errors import UserError
@@ -46,12 +50,12 @@ def main(argv: list[str] | None = None):
         code = app(args=argv, standalone_mode=False)
     except UserError as exc:
         fail(str(exc))
-    except click.exceptions.Abort:
+    except (getattr(click_exceptions, "Abort", typer.Abort), typer.Abort):
         print(file=sys.stderr)
         raise SystemExit(130) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except click.ClickException as exc:
+    except click_exceptions.ClickException as exc:
         exc.show()
         raise SystemExit(exc.exit_code) from None
     except BrokenPipeError:
@@ -61,3 +65,4 @@ def main(argv: list[str] | None = None):
 
 def _register_commands():
     """Import the command modules; each adds its commands to `app` (imported here to keep start-up lean)."""
+    from ollama_img.cli import engine_commands, run_command  # noqa: F401
