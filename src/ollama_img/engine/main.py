@@ -5,8 +5,10 @@
 nothing loaded).
 """
 
+import contextlib
 import logging
 import os
+import signal
 import sys
 
 from ollama_img import __version__
@@ -49,6 +51,25 @@ def configure_logging():
     )
 
 
+def _server_class():
+    import uvicorn
+
+    class EngineServer(uvicorn.Server):
+        """uvicorn's server, minus re-raising SIGINT/SIGTERM after shutdown (uvicorn does that so the
+        default handler kills the process), which would skip removing our socket file."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in originals.items():
+                    signal.signal(sig, handler)
+
+    return EngineServer
+
+
 def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = None):
     """Serve until SIGINT/SIGTERM, or until idle for `idle_exit` seconds. UserError if it cannot start."""
     import uvicorn
@@ -80,7 +101,7 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
 
         app = create_app(scheduler, processor=processor, idle_exit=idle_exit, on_idle=on_idle)
         config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=3)
-        server = uvicorn.Server(config)
+        server = _server_class()(config)
         holder["server"] = server
         where = [f"unix:{unix.path}"] + [url_of(s) for s in sockets[1:]]
         log.info(
