@@ -1,0 +1,223 @@
+"""AutoencoderKL (the Flux VAE configuration Z-Image uses) in MLX, channels-last.
+
+Names follow the diffusers checkpoint; the only change at load is the convolution weight layout,
+(out, in, kh, kw) in PyTorch and (out, kh, kw, in) in MLX. Group norms compute their statistics in
+float32 whatever the activation dtype: over a 1024x1024 feature map a bf16 mean would drift.
+"""
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 16
+    norm_num_groups: int = 32
+    in_channels: int = 3
+    out_channels: int = 3
+    scaling_factor: float = 0.3611
+    shift_factor: float = 0.1159
+    mid_block_add_attention: bool = True
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> "VaeConfig":
+        if cfg.get("use_quant_conv") or cfg.get("use_post_quant_conv"):
+            raise ValueError("VAEs with quant convolutions are not supported")
+        return cls(
+            block_out_channels=tuple(cfg.get("block_out_channels", (128, 256, 512, 512))),
+            layers_per_block=cfg.get("layers_per_block", 2),
+            latent_channels=cfg.get("latent_channels", 16),
+            norm_num_groups=cfg.get("norm_num_groups", 32),
+            in_channels=cfg.get("in_channels", 3),
+            out_channels=cfg.get("out_channels", 3),
+            scaling_factor=float(cfg.get("scaling_factor", 0.3611)),
+            shift_factor=float(cfg.get("shift_factor") or 0.0),
+            mid_block_add_attention=cfg.get("mid_block_add_attention", True),
+        )
+
+    @property
+    def scale_factor(self) -> int:
+        """Pixels per latent along each side."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+class GroupNorm(nn.Module):
+    def __init__(self, groups: int, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.weight = mx.ones((channels,))
+        self.bias = mx.zeros((channels,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, h, w, c = x.shape
+        xf = x.astype(mx.float32).reshape(b, h * w, self.groups, c // self.groups)
+        mean = xf.mean(axis=(1, 3), keepdims=True)
+        var = mx.square(xf - mean).mean(axis=(1, 3), keepdims=True)
+        xf = ((xf - mean) * mx.rsqrt(var + self.eps)).reshape(b, h, w, c)
+        return (xf * self.weight.astype(mx.float32) + self.bias.astype(mx.float32)).astype(x.dtype)
+
+
+class ResnetBlock2D(nn.Module):
+    def __init__(self, in_c: int, out_c: int, groups: int):
+        super().__init__()
+        self.norm1 = GroupNorm(groups, in_c)
+        self.conv1 = nn.Conv2d(in_c, out_c, 3, padding=1)
+        self.norm2 = GroupNorm(groups, out_c)
+        self.conv2 = nn.Conv2d(out_c, out_c, 3, padding=1)
+        if in_c != out_c:
+            self.conv_shortcut = nn.Conv2d(in_c, out_c, 1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        h = self.conv1(nn.silu(self.norm1(x)))
+        h = self.conv2(nn.silu(self.norm2(h)))
+        if "conv_shortcut" in self:
+            x = self.conv_shortcut(x)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over all positions of the feature map."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.group_norm = GroupNorm(groups, channels)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = [nn.Linear(channels, channels)]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, h, w, c = x.shape
+        y = self.group_norm(x).reshape(b, 1, h * w, c)
+        q, k, v = self.to_q(y), self.to_k(y), self.to_v(y)
+        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=c**-0.5)
+        return x + self.to_out[0](y).reshape(b, h, w, c)
+
+
+class MidBlock(nn.Module):
+    def __init__(self, channels: int, groups: int, attention: bool):
+        super().__init__()
+        self.resnets = [ResnetBlock2D(channels, channels, groups), ResnetBlock2D(channels, channels, groups)]
+        self.attentions = [AttentionBlock(channels, groups)] if attention else []
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.resnets[0](x)
+        for attn in self.attentions:
+            x = attn(x)
+        return self.resnets[1](x)
+
+
+class Upsample2D(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, h, w, c = x.shape
+        x = mx.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+        return self.conv(x)
+
+
+class Downsample2D(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.conv(mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)]))
+
+
+class UpDecoderBlock2D(nn.Module):
+    def __init__(self, in_c: int, out_c: int, n: int, groups: int, upsample: bool):
+        super().__init__()
+        self.resnets = [ResnetBlock2D(in_c if i == 0 else out_c, out_c, groups) for i in range(n)]
+        if upsample:
+            self.upsamplers = [Upsample2D(out_c)]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        for r in self.resnets:
+            x = r(x)
+        return self.upsamplers[0](x) if "upsamplers" in self else x
+
+
+class DownEncoderBlock2D(nn.Module):
+    def __init__(self, in_c: int, out_c: int, n: int, groups: int, downsample: bool):
+        super().__init__()
+        self.resnets = [ResnetBlock2D(in_c if i == 0 else out_c, out_c, groups) for i in range(n)]
+        if downsample:
+            self.downsamplers = [Downsample2D(out_c)]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        for r in self.resnets:
+            x = r(x)
+        return self.downsamplers[0](x) if "downsamplers" in self else x
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VaeConfig):
+        super().__init__()
+        ch, g = cfg.block_out_channels, cfg.norm_num_groups
+        self.conv_in = nn.Conv2d(cfg.latent_channels, ch[-1], 3, padding=1)
+        self.mid_block = MidBlock(ch[-1], g, cfg.mid_block_add_attention)
+        rev = list(reversed(ch))
+        self.up_blocks = [
+            UpDecoderBlock2D(rev[max(i - 1, 0)], c, cfg.layers_per_block + 1, g, upsample=i < len(rev) - 1)
+            for i, c in enumerate(rev)
+        ]
+        self.conv_norm_out = GroupNorm(g, ch[0])
+        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+
+    def __call__(self, z: mx.array) -> mx.array:
+        x = self.mid_block(self.conv_in(z))
+        for block in self.up_blocks:
+            x = block(x)
+        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VaeConfig):
+        super().__init__()
+        ch, g = cfg.block_out_channels, cfg.norm_num_groups
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.down_blocks = [
+            DownEncoderBlock2D(ch[max(i - 1, 0)], c, cfg.layers_per_block, g, downsample=i < len(ch) - 1)
+            for i, c in enumerate(ch)
+        ]
+        self.mid_block = MidBlock(ch[-1], g, cfg.mid_block_add_attention)
+        self.conv_norm_out = GroupNorm(g, ch[-1])
+        self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            x = block(x)
+        x = self.mid_block(x)
+        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+
+
+class AutoencoderKL(nn.Module):
+    def __init__(self, cfg: VaeConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def decode(self, latents: mx.array) -> mx.array:
+        """Latents (B, C, h, w), diffusers' layout -> images (B, H, W, 3) in [-1, 1]."""
+        z = latents / self.config.scaling_factor + self.config.shift_factor
+        return self.decoder(z.transpose(0, 2, 3, 1))
+
+    def encode(self, images: mx.array) -> mx.array:
+        """Images (B, H, W, 3) in [-1, 1] -> scaled latents (B, C, h, w): the mode of the posterior."""
+        moments = self.encoder(images)
+        mean = moments[..., : self.config.latent_channels]
+        return ((mean - self.config.shift_factor) * self.config.scaling_factor).transpose(0, 3, 1, 2)
+
+    @staticmethod
+    def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """PyTorch conv kernels (out, in, kh, kw) -> MLX (out, kh, kw, in)."""
+        return {k: v.transpose(0, 2, 3, 1) if v.ndim == 4 else v for k, v in weights.items()}

@@ -1,0 +1,142 @@
+"""Where a model's files come from: a diffusers model folder or the store, behind one interface.
+
+Model code asks a source for a component's config files and tensors and never learns which kind it
+has, so loading from the store and from a folder is one code path. Tensors come from `mx.load`, which
+maps safetensors files lazily: nothing is read until a computation needs it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from ollama_img.backend import require_mlx
+from ollama_img.errors import UserError
+
+if TYPE_CHECKING:
+    import mlx.core as mx
+
+    from ollama_img.store import Manifest, Store
+
+
+class WeightSource(Protocol):
+    label: str  # what to call the model in messages: a store name or a folder path
+    digest: str | None  # the manifest digest for a store model, None for a folder
+
+    def read_json(self, relpath: str) -> dict: ...
+
+    def read_text(self, relpath: str) -> str | None: ...
+
+    def tensors(self, component: str) -> dict[str, mx.array]: ...
+
+
+class FolderSource:
+    """A model folder in the Hugging Face diffusers layout."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).expanduser().resolve()
+        self.label = str(self.root)
+        self.digest = None
+        if not (self.root / "model_index.json").is_file():
+            raise UserError(f"{self.root} is not a model folder: model_index.json is missing")
+
+    def read_text(self, relpath: str) -> str | None:
+        path = self.root / relpath
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    def read_json(self, relpath: str) -> dict:
+        text = self.read_text(relpath)
+        if text is None:
+            raise UserError(f"{self.label}: {relpath} is missing")
+        return _parse_json(text, f"{self.label}/{relpath}")
+
+    def tensors(self, component: str) -> dict[str, mx.array]:
+        mx = require_mlx()
+        folder = self.root / component
+        files = sorted(folder.glob("*.safetensors"))
+        index = next(folder.glob("*.safetensors.index.json"), None)
+        if index is not None:
+            weight_map = _parse_json(index.read_text(), str(index)).get("weight_map", {})
+            files = [folder / name for name in sorted(set(weight_map.values()))]
+        if not files:
+            raise UserError(f"{self.label}: no safetensors weights in {component}/")
+        out: dict[str, mx.array] = {}
+        for f in files:
+            if not f.is_file():
+                raise UserError(f"{self.label}: {component}/{f.name} is missing (named by the index)")
+            try:
+                out.update(mx.load(str(f)))
+            except Exception as exc:  # mlx raises RuntimeError/ValueError for malformed files
+                raise UserError(f"{self.label}: cannot read {component}/{f.name}: {exc}") from None
+        return out
+
+
+class StoreSource:
+    """A model in the store: each tensor layer is a blob that `mx.load` maps directly."""
+
+    def __init__(self, store: Store, name: str):
+        self.store = store
+        self.manifest: Manifest = store.manifest(name)
+        self.label = str(self.manifest.name)
+        self.digest = self.manifest.digest
+        self._layers = {layer.name: layer for layer in self.manifest.layers}
+
+    def read_text(self, relpath: str) -> str | None:
+        layer = self._layers.get(relpath)
+        if layer is None:
+            return None
+        return self.store.blob_path(layer.digest).read_text(encoding="utf-8")
+
+    def read_json(self, relpath: str) -> dict:
+        text = self.read_text(relpath)
+        if text is None:
+            raise UserError(f"{self.label}: the store has no {relpath} for this model")
+        return _parse_json(text, f"{self.label}:{relpath}")
+
+    def tensors(self, component: str) -> dict[str, mx.array]:
+        mx = require_mlx()
+        prefix = component + "/"
+        out: dict[str, mx.array] = {}
+        for name, layer in self._layers.items():
+            if not name.startswith(prefix) or layer.media_type != TENSOR_MEDIA_TYPE:
+                continue
+            path = self.store.blob_path(layer.digest)
+            try:
+                arrays = mx.load(str(path))
+            except Exception as exc:
+                raise UserError(
+                    f"{self.label}: blob for {name} is unreadable ({exc}); re-create the model"
+                ) from None
+            tensor_name = name[len(prefix) :]
+            if set(arrays) == {"data"}:
+                out[tensor_name] = arrays["data"]
+            else:  # a quantized weight: packed weight plus its companions, named after the weight
+                base = tensor_name.removesuffix(".weight")
+                out.update({f"{base}.{key}": value for key, value in arrays.items()})
+        if not out:
+            raise UserError(f"{self.label}: the store has no tensors for {component}")
+        return out
+
+
+TENSOR_MEDIA_TYPE = "application/vnd.ollama.image.tensor"
+
+
+def _parse_json(text: str, where: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{where} is not a JSON object")
+    return value
+
+
+def open_source(name_or_folder: str | Path, store: Store | None = None) -> WeightSource:
+    """A folder path (anything that is a directory) or else a model name in the store."""
+    path = Path(name_or_folder).expanduser()
+    if path.is_dir():
+        return FolderSource(path)
+    from ollama_img.store import Store
+
+    return StoreSource(store or Store(), str(name_or_folder))
