@@ -3,6 +3,8 @@
 Kept in one place so the HTTP routes never depend on the store's internals.
 """
 
+from datetime import UTC, datetime
+
 from ollama_img.names import ModelName
 
 
@@ -29,41 +31,48 @@ def canonical(name: str) -> str:
 
 
 def tags() -> list[dict]:
-    """Every model in the store, as ollama's /api/tags lists them."""
+    """Every readable model in the store, as ollama's /api/tags lists them."""
     models = []
     for entry in _store().list():
-        manifest = entry.manifest if hasattr(entry, "manifest") else entry
-        name = str(getattr(entry, "name", ""))
-        config = getattr(manifest, "config", {}) or {}
+        if entry.manifest is None:
+            continue
+        name = str(entry.name)
+        manifest = entry.manifest
         models.append(
             {
                 "name": name,
                 "model": name,
-                "digest": getattr(manifest, "digest", None),
-                "size": config.get("total_size", 0),
-                "details": _details(config),
+                "modified_at": datetime.fromtimestamp(entry.modified, UTC).isoformat().replace("+00:00", "Z"),
+                "size": manifest.total_size,
+                "digest": manifest.digest,
+                "details": _details(manifest.config),
             }
         )
     return models
 
 
 def show(name: str) -> dict:
-    """What /api/show answers: the model's config (architecture, parameters, quantization) and layers."""
+    """What /api/show answers: the model's details, its config, and its layers."""
     manifest = _store().manifest(name)
-    config = manifest.config or {}
     return {
         "name": canonical(name),
         "digest": manifest.digest,
-        "details": _details(config),
-        "model_info": config,
-        "layers": len(manifest.layers),
+        "size": manifest.total_size,
+        "details": _details(manifest.config),
+        "model_info": manifest.config,
+        "layers": [layer.to_json() for layer in manifest.layers],
     }
 
 
 def _details(config: dict) -> dict:
+    from ollama_img.cli.formatting import human_count
+
+    family = config.get("family")
+    count = config.get("parameter_count")
     return {
-        "format": "safetensors",
-        "family": config.get("family") or config.get("architecture"),
-        "parameter_size": config.get("parameter_size") or config.get("parameters"),
-        "quantization_level": config.get("quantization") or config.get("quantization_level"),
+        "format": config.get("format"),
+        "family": family,
+        "families": [family] if family else [],
+        "parameter_size": human_count(count) if isinstance(count, int) else None,
+        "quantization_level": config.get("quantization"),
     }

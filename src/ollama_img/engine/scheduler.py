@@ -72,7 +72,12 @@ def _release(holder: list):
 
 
 def _generate_defaults(pipe) -> dict:
-    """The pipeline's own defaults (size, steps, guidance), read from its generate() signature."""
+    """The pipeline's own defaults (size, steps, guidance): its `defaults` record, else generate()'s signature."""
+    defaults = getattr(pipe, "defaults", None)
+    if defaults is not None:
+        return {
+            k: getattr(defaults, k) for k in ("width", "height", "steps", "guidance") if hasattr(defaults, k)
+        }
     params = inspect.signature(pipe.generate).parameters.values()
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
