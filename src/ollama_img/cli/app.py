@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None):
     """Console-script entry point: user errors end in one line, never a traceback."""
     _register_commands()
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="ollama-img", standalone_mode=False)
     except UserError as exc:
         fail(str(exc))
     except (getattr(click_exceptions, "Abort", typer.Abort), typer.Abort):
