@@ -190,6 +190,32 @@ def test_ctrl_c_cancels_the_job_and_the_next_run_works(world):
     assert world.engine_pid() == pid
 
 
+def test_clients_that_leave_cancel_their_jobs_queued_or_running(world):
+    long = {"model": "z-image", "prompt": "forever", "width": 64, "height": 64, "steps": 5000}
+    cancelled = lambda: len(re.findall(r"job \d+ cancelled", world.log_text()))  # noqa: E731
+    before = cancelled()
+    with world.http() as http:
+        with http.stream("POST", "/api/generate", json=long) as running:
+            lines = running.iter_lines()
+            assert any(json.loads(line).get("status") == "generating" for line in lines)
+            with http.stream("POST", "/api/generate", json={**long, "prompt": "waiting"}) as queued:
+                first = json.loads(next(queued.iter_lines()))
+                assert (first["status"], first["queue_position"]) == ("queued", 1)
+            world.wait_for(lambda: "cancelled while queued" in world.log_text(), what="the queued job to go")
+        world.wait_for(lambda: cancelled() == before + 2, what="the running job to stop")
+    # a non-streaming client that gives up (here: a read timeout) cancels too
+    with (
+        httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(world.socket)), timeout=httpx.Timeout(30, read=1.0)
+        ) as impatient,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        impatient.post("http://engine/api/generate", json={**long, "stream": False})
+    world.wait_for(lambda: cancelled() == before + 3, what="the abandoned job to stop")
+    ok = world.cli("run", "z-image", "still here", "--size", "32x32", "--steps", "1")
+    assert ok.returncode == 0, ok.stderr
+
+
 # -- user errors: one line, a 4xx, and the engine keeps serving ----------------------------------------
 
 

@@ -9,7 +9,6 @@ import sys
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     SpinnerColumn,
@@ -48,12 +47,21 @@ class PlainProgress:
         pass
 
 
+class StepsColumn(ProgressColumn):
+    """ "3/9" once the steps are known; nothing while waiting or loading."""
+
+    def render(self, task) -> Text:
+        if task.total is None:
+            return Text("")
+        return Text(f"{int(task.completed)}/{int(task.total)}", style="progress.download")
+
+
 class StepRateColumn(ProgressColumn):
     """Denoising speed: "2.31 it/s", or "4.20 s/it" when steps take longer than a second."""
 
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        if not speed:
+        if not speed or task.total is None:
             return Text("", style="progress.data.speed")
         label = f"{speed:.2f} it/s" if speed >= 1 else f"{1 / speed:.2f} s/it"
         return Text(label, style="progress.data.speed")
@@ -68,7 +76,7 @@ class RichProgress:
             SpinnerColumn(),
             TextColumn("{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            StepsColumn(),
             StepRateColumn(),
             TimeRemainingColumn(),
             console=self.console,
@@ -78,10 +86,10 @@ class RichProgress:
         self._total = None
 
     def update(self, event: dict):
+        status = event.get("status")
         if self._task is None:
             self._progress.start()
-            self._task = self._progress.add_task("Starting", total=None)
-        status = event.get("status")
+            self._task = self._progress.add_task(describe(event) or "Starting", total=None)
         if status in ("queued", "loading"):
             self._progress.update(self._task, description=describe(event), total=None, completed=0)
         elif status == "generating":
