@@ -35,6 +35,7 @@ from ollama_img.errors import UserError
 from ollama_img.png_meta import Recipe, encode_png
 
 log = logging.getLogger("ollama_img.engine")
+STOP_WAIT = 60.0  # seconds `stop` waits for an idle model's memory to be freed before answering anyway
 
 
 @dataclass
@@ -170,24 +171,35 @@ class Scheduler:
         model.keep_for(0)
         self._wake.set()
         if self._running is None:
-            await model.unloaded.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(model.unloaded.wait(), STOP_WAIT)
         return True
 
     # -- the loop --------------------------------------------------------------------------------
 
     async def _run_forever(self):
         while True:
-            await self._unload_expired()
-            if self._queue:
-                job = self._queue.popleft()
-                self._announce_positions()
-                await self._run(job)
-                continue
-            self._wake.clear()
-            deadline = min((m.seconds_left() for m in self._loaded.values()), default=math.inf)
-            timeout = None if math.isinf(deadline) else max(0.0, deadline)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let one bad unload stop the queue
+                log.exception("scheduler error")
+                await asyncio.sleep(0.1)
+
+    async def _step(self):
+        """Free what expired, then run the next job, or sleep until something happens."""
+        await self._unload_expired()
+        if self._queue:
+            job = self._queue.popleft()
+            self._announce_positions()
+            await self._run(job)
+            return
+        self._wake.clear()
+        deadline = min((m.seconds_left() for m in self._loaded.values()), default=math.inf)
+        timeout = None if math.isinf(deadline) else max(0.0, deadline)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _announce_positions(self):
         for position, job in enumerate(self._queue, 1):
@@ -253,11 +265,9 @@ class Scheduler:
         job.emit(Event(LOADING))
         started = time.monotonic()
         log.info("loading %s", name)
-        pipe = await self._in_worker(self._load, name)
+        pipe, size = await self._in_worker(self._load_and_measure, name)
         timings.load = time.monotonic() - started
-        model = LoadedModel(
-            name=name, digest=getattr(pipe, "digest", None), pipe=pipe, size=int(pipe.resident_bytes)
-        )
+        model = LoadedModel(name=name, digest=getattr(pipe, "digest", None), pipe=pipe, size=size)
         model.keep_for(self.default_keepalive)
         self._loaded[name] = model
         log.info("loaded %s (%d bytes) in %.2fs", name, model.size, timings.load)
@@ -278,6 +288,11 @@ class Scheduler:
                 await self._unload(model)
 
     # -- on the worker thread --------------------------------------------------------------------
+
+    def _load_and_measure(self, name: str):
+        # MLX streams are per thread: everything that touches the model's arrays stays on the worker.
+        pipe = self._load(name)
+        return pipe, int(pipe.resident_bytes)
 
     @staticmethod
     def _resolve(pipe, params: GenerateParams) -> dict:
