@@ -155,6 +155,15 @@ def test_ps_lists_the_model_and_stop_unloads_it(world):
     assert again.returncode == 0, again.stderr
 
 
+def test_keepalive_forever_shows_in_ps(world):
+    result = world.cli("run", "z-image", "kept", "--size", "32x32", "--steps", "1", "--keepalive", "-1")
+    assert result.returncode == 0, result.stderr
+    (row,) = world.cli("ps").stdout.splitlines()[1:]
+    assert row.startswith(MODEL) and row.endswith("Forever")
+    assert world.cli("stop", "z-image").returncode == 0
+    assert world.cli("ps").stdout.splitlines()[1:] == []
+
+
 def test_two_concurrent_runs_both_finish(world):
     first = world.popen("run", "z-image", "slow one", "--size", "64x64", "--steps", "150", text=True)
     for line in first.stderr:
@@ -316,6 +325,10 @@ def test_openai_client_and_sse_against_serve(side_world):
         )
         image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
         assert image.format == "PNG" and image.size == (64, 64)
+        as_url = client.images.generate(
+            model="z-image", prompt="a cat", size="32x32", response_format="url", extra_body={"steps": 1}
+        )
+        assert as_url.data[0].url.startswith("data:image/png;base64,")
         with pytest.raises(openai.BadRequestError, match="multiple of 16"):
             client.images.generate(model="z-image", prompt="a cat", size="100x100")
 
@@ -404,6 +417,19 @@ def test_an_interactive_session_on_a_terminal(world):
         os.close(leader)
     path = re.search(rb"Image saved to: (\S+\.png)", seen).group(1).decode()
     assert read_png_text(path)["prompt"] == "a tiny boat"
+
+
+def test_loading_another_model_unloads_the_least_recently_used(world, tiny_folder):
+    created = world.cli("create", "other", "-f", str(tiny_folder))
+    assert created.returncode == 0, created.stderr
+    for name in ("z-image", "other"):
+        result = world.cli("run", name, "swap", "--size", "32x32", "--steps", "1")
+        assert result.returncode == 0, result.stderr
+    log = world.log_text()
+    assert log.rindex(f"unloaded {MODEL}") < log.rindex("loading other:latest")
+    assert [line.split()[0] for line in world.cli("ps").stdout.splitlines()[1:]] == ["other:latest"]
+    removed = world.cli("rm", "other")
+    assert removed.returncode == 0, removed.stderr
 
 
 def test_after_kill_9_run_starts_a_fresh_engine(world):
