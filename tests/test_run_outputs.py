@@ -79,6 +79,11 @@ def options(**kw):
     return build_options(**{**base, **kw})
 
 
+def test_a_folder_instead_of_a_name_says_to_import_it(tmp_path):
+    with pytest.raises(UserError, match="import it first: ollama-img create NAME -f"):
+        options(model=str(tmp_path))
+
+
 def test_flags_are_checked_up_front():
     assert (options(size="64x32").width, options(size="64x32").height) == (64, 32)
     with pytest.raises(UserError, match="not both"):

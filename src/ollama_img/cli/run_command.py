@@ -8,6 +8,7 @@ the engine; nothing is saved and the exit status is 130.
 import base64
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -192,6 +193,10 @@ def build_options(
     model, width, height, size, steps, seed, guidance, negative, output, count, no_open, keepalive, format_
 ) -> RunOptions:
     """Check the flags before anything starts, so mistakes cost nothing."""
+    if os.sep in model and Path(model).expanduser().is_dir():
+        raise UserError(
+            f"run takes a model name, not a folder; import it first: ollama-img create NAME -f {model}"
+        )
     model = str(ModelName.parse(model))
     if size is not None:
         if width is not None or height is not None:
