@@ -57,8 +57,15 @@ async def outcome_unless_disconnected(request: Request, scheduler: Scheduler, jo
 
 async def events_until_disconnect(request: Request, scheduler: Scheduler, job: Job) -> AsyncIterator[Event]:
     """The job's events; if the client disconnects (or the stream is torn down), the job is cancelled."""
+
+    def on_gone(task: asyncio.Future):
+        if task.cancelled():
+            return
+        task.exception()  # retrieved, so asyncio does not report it as unhandled
+        scheduler.cancel(job)
+
     gone = asyncio.ensure_future(wait_for_disconnect(request))
-    gone.add_done_callback(lambda task: task.cancelled() or scheduler.cancel(job))
+    gone.add_done_callback(on_gone)
     try:
         async for event in job.stream():
             yield event
