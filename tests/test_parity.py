@@ -130,6 +130,8 @@ CASES = {
     "non-square": dict(size=(48, 96), steps=4, guidance=0.0),
     "cfg-negative": dict(size=(64, 64), steps=4, guidance=3.5, negative_prompt="blurry, low quality"),
     "cfg-empty-negative": dict(size=(64, 48), steps=2, guidance=2.0),
+    # a prompt of more than 32 tokens pads to 64 while the negative pads to 32: two passes, not one batch
+    "cfg-unequal-captions": dict(size=(32, 32), steps=2, guidance=1.5, prompt=" ".join([PROMPT] * 5)),
 }
 
 
@@ -139,14 +141,15 @@ def test_image_matches_diffusers(mlx_pipe, reference_pipe, case):
 
     c = dict(CASES[case])
     (h, w), steps, guidance = c.pop("size"), c.pop("steps"), c.pop("guidance")
+    prompt = c.pop("prompt", PROMPT)
     latents = noise((1, 16, h // 8, w // 8), seed=hash(case) % 1000)
     ref_lat, ref_img = reference_image(
-        reference_pipe, PROMPT, latents, num_inference_steps=steps, guidance_scale=guidance, **c
+        reference_pipe, prompt, latents, num_inference_steps=steps, guidance_scale=guidance, **c
     )
     kwargs = dict(width=w, height=h, steps=steps, guidance=guidance, latents=latents, **c)
-    ours_lat = np.array(mlx_pipe.denoise(PROMPT, **kwargs))
+    ours_lat = np.array(mlx_pipe.denoise(prompt, **kwargs))
     assert rel_err(ours_lat, ref_lat) < 1e-4
-    ours_img = np.asarray(mlx_pipe.generate(PROMPT, **kwargs))
+    ours_img = np.asarray(mlx_pipe.generate(prompt, **kwargs))
     assert ours_img.shape == (h, w, 3)
     assert_images_close(ours_img, ref_img)
 
@@ -220,3 +223,15 @@ def test_no_warning_for_a_normal_prompt(mlx_pipe):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mlx_pipe.tokenizer.encode(PROMPT)
+
+
+def test_compiled_steps_match_eager_steps(mlx_pipe):
+    """The mx.compile'd step (used on GPUs) computes what the eager step computes."""
+    kwargs = dict(width=32, height=48, steps=2, guidance=2.0, negative_prompt="dark", seed=4)
+    eager = np.array(mlx_pipe.denoise(PROMPT, **kwargs))
+    mlx_pipe.compile = True
+    try:
+        compiled = np.array(mlx_pipe.denoise(PROMPT, **kwargs))
+    finally:
+        mlx_pipe.compile = False
+    assert rel_err(compiled, eager) < 1e-5

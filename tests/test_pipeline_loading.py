@@ -16,7 +16,7 @@ def test_release_layout_bf16_folder_generates_in_float32_on_cpu(tiny_folder):
     pipe = load_pipeline(tiny_folder)
     assert pipe.dtype == mx.float32  # CPU compute dtype
     # Linear weights stay in the checkpoint's bf16 (exactly representable in float32), the rest is float32
-    assert pipe.transformer.layers[0].attention.to_q.weight.dtype == mx.bfloat16
+    assert pipe.transformer.layers[0].attention.to_qkv.weight.dtype == mx.bfloat16
     assert pipe.transformer.layers[0].attention_norm1.weight.dtype == mx.float32
     image = pipe.generate("a red horse", width=48, height=32, steps=2, seed=3)
     assert image.size == (48, 32)

@@ -72,6 +72,8 @@ def load(source: WeightSource, dtype: mx.Dtype | None = None) -> ZImagePipeline:
     tr_cfg = _config(ZImageConfig.from_dict, source.read_json("transformer/config.json"), source.label)
     transformer = ZImageTransformer(tr_cfg)
     _load_module(transformer, source.tensors("transformer"), dtype, f"{source.label} transformer")
+    transformer.fuse_projections()
+    mx.eval(transformer.parameters())
 
     vae_cfg = _config(VaeConfig.from_dict, source.read_json("vae/config.json"), source.label)
     vae = AutoencoderKL(vae_cfg)

@@ -57,6 +57,9 @@ class ZImagePipeline:
         self.dtype = dtype
         self.name = name
         self.digest = digest
+        # mx.compile the step parts on a GPU, where fusing the elementwise work pays; on the CPU MLX
+        # compiles fused kernels with the system C++ compiler, which costs more than it saves.
+        self.compile = mx.default_device() == mx.gpu
 
     # -- facts for the engine ------------------------------------------------------------------
 
@@ -154,16 +157,23 @@ class ZImagePipeline:
         seq_len = (x.shape[2] // PATCH) * (x.shape[3] // PATCH)
         sig = scheduler.sigmas(self.scheduler_config, steps, seq_len)
         times = scheduler.model_times(sig)
+        mods = self.transformer.modulations(mx.array(times), self.dtype)
+        done = None  # the previous step's latents: waited for while the current step runs
         for i in range(steps):
-            t = mx.array(times[i : i + 1])
             scale = guidance if use_cfg and times[i] <= cfg_truncation else 0.0
             velocity = self._velocity(
-                x, t, positive, negative if scale > 0 else None, scale, cfg_normalization
+                x, mods[i], positive, negative if scale > 0 else None, scale, cfg_normalization
             )
             x = x + float(sig[i + 1] - sig[i]) * -velocity
-            mx.eval(x)
-            if on_step is not None:
-                on_step(i + 1, steps)
+            mx.async_eval(x)
+            if done is not None:
+                mx.eval(done)
+                if on_step is not None:
+                    on_step(i, steps)
+            done = x
+        mx.eval(x)
+        if on_step is not None:
+            on_step(steps, steps)
         return x
 
     def _caption(self, embedding: mx.array) -> Caption:
@@ -172,13 +182,20 @@ class ZImagePipeline:
         return caption
 
     def _velocity(
-        self, x: mx.array, t: mx.array, positive: Caption, negative: Caption | None, scale: float, norm: float
+        self, x: mx.array, mod, positive: Caption, negative: Caption | None, scale: float, norm: float
     ) -> mx.array:
+        """The guided velocity, float32. With guidance, both branches run as one batch when their captions
+        pad to the same length (they attend only within their own sequence, so batching changes nothing)."""
+        step = self.transformer.compiled.step if self.compile else self.transformer.step
         latents = x.astype(self.dtype)
-        pos = self.transformer(latents, t, positive).astype(mx.float32)
         if negative is None:
-            return pos
-        neg = self.transformer(latents, t, negative).astype(mx.float32)
+            return step(latents, positive, mod).astype(mx.float32)
+        if positive.padded_len == negative.padded_len:
+            both = Caption(mx.concatenate([positive.tokens, negative.tokens]), positive.cos, positive.sin)
+            pos, neg = mx.split(step(mx.concatenate([latents, latents]), both, mod).astype(mx.float32), 2)
+        else:
+            pos = step(latents, positive, mod).astype(mx.float32)
+            neg = step(latents, negative, mod).astype(mx.float32)
         pred = pos + scale * (pos - neg)
         if norm > 0:
             max_norm = mx.linalg.norm(pos.reshape(-1)) * norm

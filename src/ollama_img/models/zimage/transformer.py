@@ -6,8 +6,15 @@ into 2x2 patches and refined by `noise_refiner` blocks (timestep-modulated), the
 sequence, image first. Each part is padded to a multiple of 32 tokens with a learned pad token.
 Positions are 3-D (caption index, row, column) and rotate query/key pairs with RoPE.
 
-The caption branch does not depend on the timestep, so `encode_caption` runs once per generation
-and its result (`Caption`) is reused by every step.
+What makes it fast, without changing the arithmetic:
+- the caption branch does not depend on the timestep: `encode_caption` runs once per generation;
+- adaLN depends only on the timestep, whose values are known before the first step: `modulations`
+  computes every block's scales and gates for all steps at once, folded into the RMSNorm weights
+  (norm(x) * (1 + s) == rms_norm(x, w * (1 + s)) and tanh(g) * norm(y) == rms_norm(y, w * tanh(g)));
+- after loading, q/k/v and the two SwiGLU input projections are fused into single matmuls
+  (`fuse_projections`), and q/k normalisation, RoPE and the head transposes run as one kernel on CUDA;
+- a step is three compiled functions (before, through and after the main stack), the middle one
+  separable so that TeaCache can skip it.
 """
 
 import math
@@ -18,9 +25,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ollama_img.models.zimage.attention_prep import qk_norm_rope
+
 ADALN_DIM = 256  # width of the timestep embedding that drives adaLN
 SEQ_MULTIPLE = 32  # every token group is padded to a multiple of this
 PATCH = 2
+QK_EPS = 1e-5
 
 
 @dataclass(frozen=True)
@@ -74,20 +84,11 @@ class ZImageConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rotary position embedding over 3 axes
+# Positions and rotary tables
 
 
-def rope_tables(positions: np.ndarray, cfg: ZImageConfig) -> tuple[mx.array, mx.array]:
-    """cos and sin, (tokens, head_dim // 2), for integer positions (tokens, 3).
-
-    Angles are formed in float64 and rounded to float32 as diffusers does, before cos/sin.
-    """
-    angles = []
-    for axis, d in enumerate(cfg.axes_dims):
-        freqs = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
-        angles.append(np.outer(positions[:, axis].astype(np.float64), freqs).astype(np.float32))
-    a = np.concatenate(angles, axis=1).astype(np.float64)
-    return mx.array(np.cos(a).astype(np.float32)), mx.array(np.sin(a).astype(np.float32))
+def padded(n: int) -> int:
+    return n + (-n) % SEQ_MULTIPLE
 
 
 def caption_positions(padded_len: int) -> np.ndarray:
@@ -107,28 +108,49 @@ def image_positions(rows: int, cols: int, caption_padded_len: int) -> np.ndarray
     return pos
 
 
+def rope_tables(positions: np.ndarray, cfg: ZImageConfig) -> tuple[mx.array, mx.array]:
+    """cos and sin, (tokens, head_dim // 2) float32, for integer positions (tokens, 3).
+
+    Angles are formed in float64 and rounded to float32 as diffusers does, before cos/sin.
+    """
+    angles = []
+    for axis, d in enumerate(cfg.axes_dims):
+        freqs = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+        angles.append(np.outer(positions[:, axis].astype(np.float64), freqs).astype(np.float32))
+    a = np.concatenate(angles, axis=1).astype(np.float64)
+    return mx.array(np.cos(a).astype(np.float32)), mx.array(np.sin(a).astype(np.float32))
+
+
 @lru_cache(maxsize=8)
 def image_rope(rows: int, cols: int, caption_padded_len: int, cfg: ZImageConfig) -> tuple[mx.array, mx.array]:
     """RoPE tables of the image tokens; cached because every step of a generation uses the same ones."""
     return rope_tables(image_positions(rows, cols, caption_padded_len), cfg)
 
 
-def padded(n: int) -> int:
-    return n + (-n) % SEQ_MULTIPLE
-
-
-def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, L, H, D) in float32, as complex products."""
-    b, length, h, d = x.shape
-    pairs = x.astype(mx.float32).reshape(b, length, h, d // 2, 2)
-    even, odd = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    out = mx.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
-    return out.reshape(b, length, h, d).astype(x.dtype)
-
-
 # ---------------------------------------------------------------------------------------------
 # Building blocks
+
+
+def fuse_linears(linears: list[nn.Module]) -> nn.Module:
+    """One layer computing the outputs of several bias-free layers that share their input, concatenated.
+
+    Works for plain and quantized layers: quantization groups run along the input dimension, so
+    packed weights, scales and biases concatenate along the output dimension.
+    """
+    first = linears[0]
+    if isinstance(first, nn.QuantizedLinear):
+        in_dims = first.weight.shape[1] * 32 // first.bits
+        fused = nn.QuantizedLinear(
+            in_dims, 1, bias=False, group_size=first.group_size, bits=first.bits, mode=first.mode
+        )
+        fused.weight = mx.concatenate([lin.weight for lin in linears], axis=0)
+        fused.scales = mx.concatenate([lin.scales for lin in linears], axis=0)
+        if first.get("biases") is not None:
+            fused.biases = mx.concatenate([lin.biases for lin in linears], axis=0)
+        return fused
+    fused = nn.Linear(1, 1, bias=False)
+    fused.weight = mx.concatenate([lin.weight for lin in linears], axis=0)
+    return fused
 
 
 class Attention(nn.Module):
@@ -141,28 +163,46 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(dim, dim, bias=False)
         self.to_v = nn.Linear(dim, dim, bias=False)
         self.to_out = [nn.Linear(dim, dim, bias=False)]
-        self.norm_q = nn.RMSNorm(head_dim, eps=1e-5)
-        self.norm_k = nn.RMSNorm(head_dim, eps=1e-5)
+        self.norm_q = nn.RMSNorm(head_dim, eps=QK_EPS)
+        self.norm_k = nn.RMSNorm(head_dim, eps=QK_EPS)
+
+    def fuse(self):
+        self.to_qkv = fuse_linears([self.to_q, self.to_k, self.to_v])
+        del self.to_q, self.to_k, self.to_v
+
+    def qkv(self, x: mx.array) -> mx.array:
+        if "to_qkv" in self:
+            return self.to_qkv(x)
+        return mx.concatenate([self.to_q(x), self.to_k(x), self.to_v(x)], axis=-1)
 
     def __call__(self, x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-        b, length, _ = x.shape
-        q = apply_rope(self.norm_q(self.to_q(x).reshape(b, length, self.n_heads, -1)), cos, sin)
-        k = apply_rope(self.norm_k(self.to_k(x).reshape(b, length, self.n_heads, -1)), cos, sin)
-        v = self.to_v(x).reshape(b, length, self.n_heads, -1)
-        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+        b, length, dim = x.shape
+        q, k, v = qk_norm_rope(
+            self.qkv(x), self.norm_q.weight, self.norm_k.weight, cos, sin, self.n_heads, QK_EPS
+        )
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        return self.to_out[0](out.transpose(0, 2, 1, 3).reshape(b, length, -1))
+        return self.to_out[0](out.transpose(0, 2, 1, 3).reshape(b, length, dim))
 
 
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
+        self.hidden = hidden
         self.w1 = nn.Linear(dim, hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
+    def fuse(self):
+        self.w13 = fuse_linears([self.w1, self.w3])
+        del self.w1, self.w3
+
     def __call__(self, x: mx.array) -> mx.array:
-        return self.w2(nn.silu(self.w1(x)) * self.w3(x))
+        if "w13" in self:
+            gate_up = self.w13(x)
+            gate, up = gate_up[..., : self.hidden], gate_up[..., self.hidden :]
+        else:
+            gate, up = self.w1(x), self.w3(x)
+        return self.w2(nn.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
@@ -171,6 +211,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg: ZImageConfig, modulation: bool):
         super().__init__()
         dim = cfg.dim
+        self.eps = cfg.norm_eps
         self.attention = Attention(dim, cfg.n_heads)
         self.feed_forward = FeedForward(dim, int(dim / 3 * 8))
         self.attention_norm1 = nn.RMSNorm(dim, eps=cfg.norm_eps)
@@ -180,17 +221,35 @@ class TransformerBlock(nn.Module):
         if modulation:
             self.adaLN_modulation = [nn.Linear(cfg.adaln_dim, 4 * dim)]
 
-    def __call__(self, x: mx.array, cos: mx.array, sin: mx.array, adaln: mx.array | None = None) -> mx.array:
+    def norm_weights(self, adaln: mx.array | None = None) -> mx.array:
+        """The four RMSNorm weights, (S, 4, dim), with the timestep's scales and gates folded in.
+
+        Without modulation they are the plain norm weights, (1, 4, dim).
+        """
+        plain = mx.stack(
+            [
+                self.attention_norm1.weight,
+                self.attention_norm2.weight,
+                self.ffn_norm1.weight,
+                self.ffn_norm2.weight,
+            ]
+        )[None]
         if adaln is None:
-            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), cos, sin))
-            return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
-        scale_msa, gate_msa, scale_mlp, gate_mlp = mx.split(
-            self.adaLN_modulation[0](adaln)[:, None, :], 4, axis=-1
-        )
-        attn = self.attention(self.attention_norm1(x) * (1.0 + scale_msa), cos, sin)
-        x = x + mx.tanh(gate_msa) * self.attention_norm2(attn)
-        ffn = self.feed_forward(self.ffn_norm1(x) * (1.0 + scale_mlp))
-        return x + mx.tanh(gate_mlp) * self.ffn_norm2(ffn)
+            return plain
+        scale_msa, gate_msa, scale_mlp, gate_mlp = mx.split(self.adaLN_modulation[0](adaln), 4, axis=-1)
+        factors = mx.stack([1.0 + scale_msa, mx.tanh(gate_msa), 1.0 + scale_mlp, mx.tanh(gate_mlp)], axis=1)
+        return (plain * factors).astype(adaln.dtype)
+
+    def fuse(self):
+        self.attention.fuse()
+        self.feed_forward.fuse()
+
+    def __call__(self, x: mx.array, cos: mx.array, sin: mx.array, weights: mx.array) -> mx.array:
+        """`weights` (4, dim) from `norm_weights` for this step."""
+        attn = self.attention(mx.fast.rms_norm(x, weights[0], self.eps), cos, sin)
+        x = x + mx.fast.rms_norm(attn, weights[1], self.eps)
+        ffn = self.feed_forward(mx.fast.rms_norm(x, weights[2], self.eps))
+        return x + mx.fast.rms_norm(ffn, weights[3], self.eps)
 
 
 class FinalLayer(nn.Module):
@@ -200,9 +259,12 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, out_features)
         self.adaLN_modulation = [nn.SiLU(), nn.Linear(adaln_dim, dim)]
 
-    def __call__(self, x: mx.array, adaln: mx.array) -> mx.array:
-        scale = 1.0 + self.adaLN_modulation[1](nn.silu(adaln))
-        return self.linear(self.norm_final(x) * scale[:, None, :])
+    def scale(self, adaln: mx.array) -> mx.array:
+        """(S, dim): 1 + the timestep's scale, the weight of the final (otherwise affine-free) LayerNorm."""
+        return 1.0 + self.adaLN_modulation[1](nn.silu(adaln))
+
+    def __call__(self, x: mx.array, scale: mx.array) -> mx.array:
+        return self.linear(mx.fast.layer_norm(x, scale, None, 1e-6))
 
 
 class TimestepEmbedder(nn.Module):
@@ -221,7 +283,7 @@ class TimestepEmbedder(nn.Module):
 
     def __call__(self, t: mx.array, dtype: mx.Dtype) -> mx.array:
         x = self.frequencies(t).astype(dtype)
-        return self.mlp[2](nn.silu(self.mlp[0](x)))
+        return self.mlp[2](nn.silu(self.mlp[0](x))).astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +303,15 @@ class Caption:
         return self.tokens.shape[1]
 
 
+@dataclass
+class Modulation:
+    """Everything a step needs from its timestep: folded norm weights of each modulated block, final scale."""
+
+    refiner: mx.array  # (n_refiner_layers, 4, dim)
+    layers: mx.array  # (n_layers, 4, dim)
+    final: mx.array  # (dim,)
+
+
 class ZImageTransformer(nn.Module):
     def __init__(self, cfg: ZImageConfig):
         super().__init__()
@@ -258,8 +329,14 @@ class ZImageTransformer(nn.Module):
         self.x_pad_token = mx.zeros((1, cfg.dim))
         self.cap_pad_token = mx.zeros((1, cfg.dim))
         self.layers = [TransformerBlock(cfg, modulation=True) for _ in range(cfg.n_layers)]
+        self._compiled = None
 
-    # -- caption branch (once per generation) --------------------------------------------------
+    def fuse_projections(self):
+        """Merge q/k/v and the SwiGLU input projections into single matmuls (after loading weights)."""
+        for block in (*self.noise_refiner, *self.context_refiner, *self.layers):
+            block.fuse()
+
+    # -- per generation ------------------------------------------------------------------------
 
     def encode_caption(self, features: mx.array, lengths: list[int]) -> Caption:
         """Embed and refine caption features (B, L, cap_feat_dim); tokens past each length become pads."""
@@ -274,18 +351,24 @@ class ZImageTransformer(nn.Module):
         x = mx.where(is_pad, self.cap_pad_token.astype(x.dtype), x)
         cos, sin = rope_tables(caption_positions(total), self.config)
         for block in self.context_refiner:
-            x = block(x, cos, sin)
+            x = block(x, cos, sin, block.norm_weights()[0])
         return Caption(x, cos, sin)
 
-    # -- one denoising step --------------------------------------------------------------------
+    def modulations(self, t: mx.array, dtype: mx.Dtype) -> list[Modulation]:
+        """Modulation for each model time in t (S,), computed for all of them at once."""
+        adaln = self.t_embedder(t * self.config.t_scale, dtype)
+        refiner = mx.stack([b.norm_weights(adaln) for b in self.noise_refiner], axis=1)
+        layers = mx.stack([b.norm_weights(adaln) for b in self.layers], axis=1)
+        final = self.all_final_layer["2-1"].scale(adaln).astype(dtype)
+        return [Modulation(refiner[i], layers[i], final[i]) for i in range(t.shape[0])]
 
-    def __call__(self, latents: mx.array, t: mx.array, caption: Caption) -> mx.array:
-        """Velocity for latents (B, C, H, W) at model time t (B,), in diffusers' convention."""
+    # -- one denoising step, in three parts ----------------------------------------------------
+
+    def embed_image(self, latents: mx.array, caption: Caption, mod: Modulation):
+        """Patchify, embed, noise-refine, and join with the caption: the main stack's input and tables."""
         b, c, h, w = latents.shape
         rows, cols = h // PATCH, w // PATCH
         n = rows * cols
-        adaln = self.t_embedder(t * self.config.t_scale, latents.dtype).astype(latents.dtype)
-
         patches = (
             latents.reshape(b, c, rows, PATCH, cols, PATCH).transpose(0, 2, 4, 3, 5, 1).reshape(b, n, -1)
         )
@@ -296,13 +379,61 @@ class ZImageTransformer(nn.Module):
                 [x, mx.broadcast_to(self.x_pad_token.astype(x.dtype), (b, total - n, x.shape[-1]))], 1
             )
         cos, sin = image_rope(rows, cols, caption.padded_len, self.config)
-        for block in self.noise_refiner:
-            x = block(x, cos, sin, adaln)
+        for block, weights in zip(self.noise_refiner, mod.refiner, strict=True):
+            x = block(x, cos, sin, weights)
+        tokens = caption.tokens.astype(x.dtype)
+        if tokens.shape[0] != b:
+            tokens = mx.broadcast_to(tokens, (b, *tokens.shape[1:]))
+        x = mx.concatenate([x, tokens], axis=1)
+        return x, mx.concatenate([cos, caption.cos]), mx.concatenate([sin, caption.sin])
 
-        x = mx.concatenate([x, caption.tokens.astype(x.dtype)], axis=1)
-        cos, sin = mx.concatenate([cos, caption.cos]), mx.concatenate([sin, caption.sin])
-        for block in self.layers:
-            x = block(x, cos, sin, adaln)
+    def main_stack(self, x: mx.array, cos: mx.array, sin: mx.array, mod: Modulation) -> mx.array:
+        for block, weights in zip(self.layers, mod.layers, strict=True):
+            x = block(x, cos, sin, weights)
+        return x
 
-        x = self.all_final_layer["2-1"](x[:, :n], adaln)
+    def unembed(self, x: mx.array, shape: tuple[int, ...], mod: Modulation) -> mx.array:
+        """Final layer and unpatchify: tokens -> velocity (B, C, H, W)."""
+        b, c, h, w = shape
+        rows, cols = h // PATCH, w // PATCH
+        x = self.all_final_layer["2-1"](x[:, : rows * cols], mod.final)
         return x.reshape(b, rows, cols, PATCH, PATCH, c).transpose(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
+
+    def step(self, latents: mx.array, caption: Caption, mod: Modulation) -> mx.array:
+        x, cos, sin = self.embed_image(latents, caption, mod)
+        return self.unembed(self.main_stack(x, cos, sin, mod), latents.shape, mod)
+
+    def __call__(self, latents: mx.array, t: mx.array, caption: Caption) -> mx.array:
+        """Velocity for latents (B, C, H, W) at model time t (1,), in diffusers' convention."""
+        return self.step(latents, caption, self.modulations(t, latents.dtype)[0])
+
+    # -- compiled parts ------------------------------------------------------------------------
+
+    @property
+    def compiled(self) -> "CompiledSteps":
+        if self._compiled is None:
+            self._compiled = CompiledSteps(self)
+        return self._compiled
+
+
+class CompiledSteps:
+    """mx.compile'd step parts; arrays in, arrays out (compile retraces for each new shape)."""
+
+    def __init__(self, model: ZImageTransformer):
+        def embed(latents, tokens, cap_cos, cap_sin, refiner):
+            caption = Caption(tokens, cap_cos, cap_sin)
+            return model.embed_image(latents, caption, Modulation(refiner, None, None))
+
+        def main(x, cos, sin, layers):
+            return model.main_stack(x, cos, sin, Modulation(None, layers, None))
+
+        def unembed(x, final, latents):
+            return model.unembed(x, latents.shape, Modulation(None, None, final))
+
+        self.embed = mx.compile(embed)
+        self.main = mx.compile(main)
+        self.unembed = mx.compile(unembed)
+
+    def step(self, latents: mx.array, caption: Caption, mod: Modulation) -> mx.array:
+        x, cos, sin = self.embed(latents, caption.tokens, caption.cos, caption.sin, mod.refiner)
+        return self.unembed(self.main(x, cos, sin, mod.layers), mod.final, latents)

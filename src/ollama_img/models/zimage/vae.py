@@ -3,6 +3,7 @@
 Names follow the diffusers checkpoint; the only change at load is the convolution weight layout,
 (out, in, kh, kw) in PyTorch and (out, kh, kw, in) in MLX. Group norms compute their statistics in
 float32 whatever the activation dtype: over a 1024x1024 feature map a bf16 mean would drift.
+On a GPU `decode` is compiled (per shape) so that the norms, activations and residual adds fuse.
 """
 
 from dataclasses import dataclass
@@ -46,6 +47,13 @@ class VaeConfig:
 
 
 class GroupNorm(nn.Module):
+    """PyTorch's GroupNorm on channels-last input.
+
+    Each group is gathered into one row and normalised by `mx.fast.layer_norm`, which accumulates its
+    statistics in float32: reducing over the scattered (pixels, channels-of-group) axes directly is
+    two orders of magnitude slower on CUDA at 1024x1024.
+    """
+
     def __init__(self, groups: int, channels: int, eps: float = 1e-6):
         super().__init__()
         self.groups, self.eps = groups, eps
@@ -54,11 +62,11 @@ class GroupNorm(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         b, h, w, c = x.shape
-        xf = x.astype(mx.float32).reshape(b, h * w, self.groups, c // self.groups)
-        mean = xf.mean(axis=(1, 3), keepdims=True)
-        var = mx.square(xf - mean).mean(axis=(1, 3), keepdims=True)
-        xf = ((xf - mean) * mx.rsqrt(var + self.eps)).reshape(b, h, w, c)
-        return (xf * self.weight.astype(mx.float32) + self.bias.astype(mx.float32)).astype(x.dtype)
+        g = self.groups
+        y = x.reshape(b, h * w, g, c // g).transpose(0, 2, 1, 3).reshape(b, g, -1)
+        y = mx.fast.layer_norm(y, None, None, self.eps)
+        y = y.reshape(b, g, h * w, c // g).transpose(0, 2, 1, 3).reshape(b, h, w, c)
+        return y * self.weight + self.bias
 
 
 class ResnetBlock2D(nn.Module):
@@ -205,9 +213,17 @@ class AutoencoderKL(nn.Module):
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        self._decode = None
 
     def decode(self, latents: mx.array) -> mx.array:
         """Latents (B, C, h, w), diffusers' layout -> images (B, H, W, 3) in [-1, 1]."""
+        if mx.default_device() != mx.gpu:
+            return self._decode_eager(latents)
+        if self._decode is None:
+            self._decode = mx.compile(self._decode_eager)
+        return self._decode(latents)
+
+    def _decode_eager(self, latents: mx.array) -> mx.array:
         z = latents / self.config.scaling_factor + self.config.shift_factor
         return self.decoder(z.transpose(0, 2, 3, 1))
 
