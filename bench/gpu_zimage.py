@@ -126,44 +126,60 @@ def _mlx_size(pipe, caption, w: int, h: int, sync) -> dict:
 
 
 def _mlx_profile(pipe, caption, sync) -> dict:
-    """Where a 1024x1024 step's time goes: the parts of one main block, each timed alone."""
+    """Where a 1024x1024 step's time goes: the parts of one main block, each timed alone (amortised over
+    10 calls per evaluation, so launch latency is not counted), then the block and the step."""
     import mlx.core as mx
-    import mlx.nn as nn
 
-    from ollama_img.models.zimage.transformer import apply_rope, image_rope
+    from ollama_img.models.zimage.attention_prep import qk_norm_rope
+    from ollama_img.models.zimage.transformer import image_rope
 
     tr = pipe.transformer
     block = tr.layers[0]
     n = 4096 + caption.padded_len
-    dim = tr.config.dim
-    x = mx.random.normal((1, n, dim)).astype(pipe.dtype)
-    adaln = mx.random.normal((1, tr.config.adaln_dim)).astype(pipe.dtype)
+    dim, heads = tr.config.dim, tr.config.n_heads
+    dt = pipe.dtype
+    x = mx.random.normal((1, n, dim)).astype(dt)
     cos, sin = image_rope(64, 64, caption.padded_len, tr.config)
     cos, sin = mx.concatenate([cos, caption.cos]), mx.concatenate([sin, caption.sin])
-    heads = tr.config.n_heads
-    q = mx.random.normal((1, heads, n, dim // heads)).astype(pipe.dtype)
-    a = block.attention
-    ff = block.feed_forward
-    h = mx.random.normal((1, n, ff.w1.weight.shape[0])).astype(pipe.dtype)
-    compiled_block = mx.compile(block)
+    mod = tr.modulations(mx.array([0.5]), dt)[0]
+    w = mod.layers[0]
+    a, ff = block.attention, block.feed_forward
+    qkv = a.to_qkv(x)
+    q, k, v = qk_norm_rope(qkv, a.norm_q.weight, a.norm_k.weight, cos, sin, heads, 1e-5)
+    o = mx.fast.scaled_dot_product_attention(q, k, v, scale=a.scale)
+    gu = ff.w13(x)
+    hidden = mx.random.normal((1, n, ff.hidden)).astype(dt)
+    compiled_block = mx.compile(lambda x: block(x, cos, sin, w))
+    latents = mx.random.normal((1, 16, 128, 128)).astype(dt)
     parts = {
-        "q/k/v/o projections (4)": lambda: [a.to_q(x), a.to_k(x), a.to_v(x), a.to_out[0](x)],
-        "ffn w1+w3": lambda: [ff.w1(x), ff.w3(x)],
-        "ffn w2": lambda: ff.w2(h),
-        "sdpa": lambda: mx.fast.scaled_dot_product_attention(q, q, q, scale=0.088),
-        "rope q+k": lambda: [apply_rope(x.reshape(1, n, heads, -1), cos, sin) for _ in range(2)],
-        "rms norms (6)": lambda: [nn.RMSNorm(dim)(x) for _ in range(6)],
-        "whole block": lambda: block(x, cos, sin, adaln),
-        "whole block, mx.compile": lambda: compiled_block(x, cos, sin, adaln),
+        "rms_norm (x4 per block)": lambda: mx.fast.rms_norm(x, w[0], 1e-5),
+        "qkv matmul": lambda: a.to_qkv(x),
+        "q/k norm + rope + layout": lambda: qk_norm_rope(
+            qkv, a.norm_q.weight, a.norm_k.weight, cos, sin, heads, 1e-5
+        ),
+        "sdpa": lambda: mx.fast.scaled_dot_product_attention(q, k, v, scale=a.scale),
+        "out transpose": lambda: o.transpose(0, 2, 1, 3).reshape(1, n, dim),
+        "out matmul": lambda: a.to_out[0](x),
+        "w13 matmul": lambda: ff.w13(x),
+        "silu * up": lambda: mx.compile(
+            lambda g: __import__("mlx.nn").nn.silu(g[..., : ff.hidden]) * g[..., ff.hidden :]
+        )(gu),
+        "w2 matmul": lambda: ff.w2(hidden),
+        "residual add": lambda: x + x,
+        "block, eager": lambda: block(x, cos, sin, w),
+        "block, compiled": lambda: compiled_block(x),
+        "step, compiled": lambda: tr.compiled.step(latents, caption, mod),
+        "step, eager": lambda: tr.step(latents, caption, mod),
     }
     out = {}
     for name, fn in parts.items():
+        reps = 1 if name.startswith("step") else 10
 
-        def run(fn=fn):
-            mx.eval(fn())
+        def run(fn=fn, reps=reps):
+            mx.eval([fn() for _ in range(reps)])
 
         run()
-        out[name] = 1000 * median_time(run, 10, sync)
+        out[name] = 1000 * median_time(run, 5, sync) / reps
     print(json.dumps(out, indent=2))
     return out
 

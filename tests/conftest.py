@@ -1,14 +1,32 @@
-"""Shared fixtures: tiny model folders, built once per test session."""
+"""Shared fixtures: tiny model folders (built once per session), a store in a temp dir, the CLI in-process."""
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from ollama_img.store import Store
 from tests.fixtures.zimage_folder import TINY, build_zimage_folder
 
 
 @pytest.fixture(scope="session")
-def tiny_folder(tmp_path_factory):
-    """A tiny Z-Image folder in the release layout (bf16, sharded transformer, inline chat template)."""
-    return build_zimage_folder(tmp_path_factory.mktemp("tiny") / "Z-Image-Tiny", TINY)
+def tiny_folder(tmp_path_factory) -> Path:
+    """A bf16 Z-Image folder: sharded transformer, one text-encoder file, chat template inline. Read-only."""
+    return build_zimage_folder(tmp_path_factory.mktemp("tiny") / "Z-Image", TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder_f32(tmp_path_factory) -> Path:
+    """An f32 variant: sharded text encoder too, chat template in chat_template.jinja. Read-only."""
+    return build_zimage_folder(
+        tmp_path_factory.mktemp("tiny-f32") / "Z-Image",
+        TINY,
+        dtype="float32",
+        text_encoder_shards=2,
+        chat_template_file=True,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +45,91 @@ def reference_pipe(reference_folder):
     return load_reference(reference_folder)
 
 
-@pytest.fixture(scope="session")
-def mlx_pipe(reference_folder):
+@pytest.fixture(scope="session", params=["folder", "store"])
+def mlx_pipe(request, reference_folder, tmp_path_factory):
+    """ollama-img's pipeline on the reference weights, loaded from the folder and from the store (after create)."""
     from ollama_img import load_pipeline
+    from ollama_img.store import import_folder, inspect_folder
 
-    return load_pipeline(reference_folder)
+    if request.param == "folder":
+        return load_pipeline(reference_folder)
+    store = Store(tmp_path_factory.mktemp("ref-store"))
+    import_folder(store, "zimage-ref", inspect_folder(reference_folder))
+    pipe = load_pipeline("zimage-ref", store=store)
+    assert pipe.digest == store.manifest("zimage-ref").digest
+    return pipe
+
+
+@pytest.fixture
+def folder_copy(tiny_folder, tmp_path) -> Path:
+    """A private copy of the tiny folder that a test may damage."""
+    return Path(shutil.copytree(tiny_folder, tmp_path / "copy"))
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Store:
+    """An empty store in a temp dir, also what the CLI uses (OLLAMA_IMG_MODELS)."""
+    root = tmp_path / "store"
+    monkeypatch.setenv("OLLAMA_IMG_MODELS", str(root))
+    return Store(root)
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `ollama-img ARGS...` in-process through the real entry point; returns code, stdout, stderr."""
+    from ollama_img.cli.app import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        else:
+            code = 0
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def snapshot(root: Path) -> dict[str, str] | None:
+    """Every file under `root` with the sha256 of its bytes (None if `root` does not exist)."""
+    if not root.exists():
+        return None
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def assert_store_consistent(store: Store) -> None:
+    """No file under a blob name holds other bytes than its name says; every manifest's blobs exist."""
+    import json
+
+    if store.blobs_dir.is_dir():
+        for path in store.blobs_dir.iterdir():
+            if path.name.startswith("sha256-"):
+                assert file_sha256(path) == path.name.removeprefix("sha256-"), f"bad blob {path.name}"
+    for name in store.names():
+        doc = json.loads(store.manifest_path(name).read_bytes())
+        for ref in [doc["config"], *doc["layers"]]:
+            blob = store.blob_path(ref["digest"])
+            assert blob.is_file(), f"{name} points at missing blob {ref['digest']}"
+            assert blob.stat().st_size == ref["size"]

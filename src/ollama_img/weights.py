@@ -95,6 +95,8 @@ class StoreSource:
         return _parse_json(text, f"{self.label}:{relpath}")
 
     def tensors(self, component: str) -> dict[str, mx.array]:
+        from ollama_img.store import TENSOR_MEDIA_TYPE
+
         mx = require_mlx()
         prefix = component + "/"
         out: dict[str, mx.array] = {}
@@ -103,7 +105,7 @@ class StoreSource:
                 continue
             path = self.store.blob_path(layer.digest)
             try:
-                arrays = mx.load(str(path))
+                arrays = mx.load(str(path), format="safetensors")
             except Exception as exc:
                 raise UserError(
                     f"{self.label}: blob for {name} is unreadable ({exc}); re-create the model"
@@ -117,9 +119,6 @@ class StoreSource:
         if not out:
             raise UserError(f"{self.label}: the store has no tensors for {component}")
         return out
-
-
-TENSOR_MEDIA_TYPE = "application/vnd.ollama.image.tensor"
 
 
 def _parse_json(text: str, where: str) -> dict:

@@ -2,15 +2,19 @@
 
 import sys
 
+import click
 import typer
-
-try:  # typer >= 0.2x vendors its own copy of click; its exceptions are not the `click` package's
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # older typer uses click itself
-    from click import exceptions as click_exceptions
 
 from ollama_img import __version__
 from ollama_img.errors import UserError
+
+try:  # typer >= 0.20 ships its own copy of click, whose exceptions are not click's
+    from typer._click.exceptions import ClickException as _VendoredClickException
+except ImportError:  # pragma: no cover (older typer uses click itself)
+    _VendoredClickException = click.ClickException
+
+_USAGE_ERRORS = (click.ClickException, _VendoredClickException)
+_ABORTS = (click.exceptions.Abort, typer.Abort)
 
 app = typer.Typer(
     name="ollama-img",
@@ -50,12 +54,12 @@ def main(argv: list[str] | None = None):
         code = app(args=argv, prog_name="ollama-img", standalone_mode=False)
     except UserError as exc:
         fail(str(exc))
-    except (getattr(click_exceptions, "Abort", typer.Abort), typer.Abort):
+    except _ABORTS:
         print(file=sys.stderr)
         raise SystemExit(130) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except click_exceptions.ClickException as exc:
+    except _USAGE_ERRORS as exc:
         exc.show()
         raise SystemExit(exc.exit_code) from None
     except BrokenPipeError:
@@ -65,4 +69,4 @@ def main(argv: list[str] | None = None):
 
 def _register_commands():
     """Import the command modules; each adds its commands to `app` (imported here to keep start-up lean)."""
-    from ollama_img.cli import engine_commands, run_command  # noqa: F401
+    from ollama_img.cli import engine_commands, run_command, store_commands  # noqa: F401

@@ -1,0 +1,64 @@
+"""The model store: content-addressed blobs plus one manifest per model name, as ollama keeps them.
+
+Public API (what the loader, the engine and the CLI use):
+
+    store = Store(root=None)                 # root defaults to models_dir(): OLLAMA_IMG_MODELS or the data dir
+    manifest = store.manifest("z-image")     # Manifest, or NotFound with a "did you mean ..." hint
+    manifest.layers                          # tuple[Layer]: name, digest, size, media_type, dtype, shape
+    manifest.component_layers("transformer") # the layers of one component, in checkpoint order
+    manifest.layer("transformer/config.json")
+    manifest.config                          # dict: architecture, family, format, components,
+                                             #       parameter_count, quantization, total_size
+    manifest.digest, manifest.id             # "sha256:<hex>" of the manifest bytes; its first 12 hex digits
+    manifest.name                            # the ModelName it was read under
+    manifest.total_size                      # bytes of every blob it uses (what `list` shows)
+    store.blob_path(layer.digest) -> Path    # blobs/sha256-<hex>
+    store.list() -> list[ModelEntry]         # name, modified, manifest (None if unreadable), problem
+    store.names() -> list[ModelName]
+    store.copy(src, dst) -> Manifest
+    store.remove([names]) -> Removal         # removed, blobs_removed, bytes_freed
+
+    plan = inspect_folder(path)              # validates a diffusers folder -> ImportPlan (totals for progress)
+    result = import_folder(store, name, plan, progress=callback)   # ImportResult
+
+A tensor layer's blob is a safetensors file holding one tensor named `data` (`PLAIN_TENSOR_NAME`).
+Blob files have no extension, so load them with the format named:
+
+    mx.load(str(store.blob_path(layer.digest)), format="safetensors")["data"]
+
+A blob may also hold several named tensors and string metadata (`write_tensor_blob`), which quantized
+weights will use.
+"""
+
+from ollama_img.store.blobs import PLAIN_TENSOR_NAME, WrittenBlob, write_bytes_blob, write_tensor_blob
+from ollama_img.store.folder import ImportPlan, inspect_folder
+from ollama_img.store.importer import ImportResult, import_folder
+from ollama_img.store.manifest import (
+    JSON_MEDIA_TYPE,
+    TENSOR_MEDIA_TYPE,
+    TEXT_MEDIA_TYPE,
+    Layer,
+    Manifest,
+)
+from ollama_img.store.safetensors_format import TensorEntry
+from ollama_img.store.store import ModelEntry, Removal, Store
+
+__all__ = [
+    "JSON_MEDIA_TYPE",
+    "PLAIN_TENSOR_NAME",
+    "TENSOR_MEDIA_TYPE",
+    "TEXT_MEDIA_TYPE",
+    "ImportPlan",
+    "ImportResult",
+    "Layer",
+    "Manifest",
+    "ModelEntry",
+    "Removal",
+    "Store",
+    "TensorEntry",
+    "WrittenBlob",
+    "import_folder",
+    "inspect_folder",
+    "write_bytes_blob",
+    "write_tensor_blob",
+]

@@ -1,0 +1,173 @@
+"""Import a model folder into the store: one blob per tensor and per file, a config blob, a manifest.
+
+Tensors are streamed shard by shard in file order (each source byte is read once, memory stays at two
+8 MiB buffers), hashed in a helper thread while they are written, and flushed to disk by a publisher
+thread while the next tensor is copied. The manifest is written last, after every blob it names is
+durable, all under the shared store lock; so a `create` killed at any moment leaves no manifest
+pointing at a missing blob, and re-running it reuses every blob already written.
+"""
+
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ollama_img.errors import UserError
+from ollama_img.names import ModelName
+from ollama_img.store.blobs import (
+    PLAIN_TENSOR_NAME,
+    BlobRef,
+    WrittenBlob,
+    fsync_dir,
+    write_bytes_blob,
+    write_tensor_blob,
+)
+from ollama_img.store.folder import FileItem, ImportPlan, Shard
+from ollama_img.store.manifest import TENSOR_MEDIA_TYPE, Layer, Manifest, encode_manifest, media_type_for_file
+from ollama_img.store.publisher import BlobPublisher
+from ollama_img.store.safetensors_format import TensorEntry
+from ollama_img.store.source import SafetensorsReader
+from ollama_img.store.store import Store
+
+# progress(bytes, tensors): called as tensor bytes are stored (bytes > 0) and as each tensor is done.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    name: ModelName
+    manifest: Manifest
+    tensors: int
+    bytes: int  # bytes of all layer blobs (tensors and files)
+    new_blobs: int
+    reused_blobs: int
+    bytes_freed: int = 0  # blobs only the model this name replaced had used
+
+
+@dataclass
+class _Tally:
+    new: int = 0
+    reused: int = 0
+
+    def count(self, blob: WrittenBlob) -> WrittenBlob:
+        if blob.new:
+            self.new += 1
+        else:
+            self.reused += 1
+        return blob
+
+
+def import_folder(
+    store: Store,
+    name: ModelName | str,
+    plan: ImportPlan,
+    progress: ProgressCallback | None = None,
+    hash_in_thread: bool = True,
+) -> ImportResult:
+    """Store everything `plan` lists under `name` (an existing model of that name is replaced)."""
+    name = name if isinstance(name, ModelName) else ModelName.parse(name)
+    report = progress or (lambda _bytes, _tensors: None)
+    tally = _Tally()
+    layers: list[Layer] = []
+    previous = store.manifest_path(name).read_bytes() if store.exists(name) else None
+    with store.writing():
+        executor = ThreadPoolExecutor(1, thread_name_prefix="sha256") if hash_in_thread else None
+        try:
+            with BlobPublisher() as publisher:
+                layers += [_store_file(store, item, tally) for item in plan.files]
+                for component in plan.components:
+                    layers += [_store_file(store, item, tally) for item in component.files]
+                    for shard in component.shards:
+                        layers += _store_shard(store, shard, report, executor, publisher)
+                for blob in publisher.drain():
+                    tally.count(blob)
+        finally:
+            if executor is not None:
+                executor.shutdown()
+        config_bytes = _encode_config(plan, layers)
+        config = tally.count(write_bytes_blob(store.blobs_dir, config_bytes))
+        fsync_dir(store.blobs_dir)
+        raw = encode_manifest(layers, config.digest, config.size)
+        store.write_manifest(name, raw)
+    freed = 0
+    if previous is not None and previous != raw:
+        # The replaced model's own blobs are garbage now; collect them unless someone is busy writing.
+        collected = store.collect_garbage(wait=False)
+        freed = collected[1] if collected else 0
+    manifest = Manifest(tuple(layers), json.loads(config_bytes), config.digest, config.size, raw, name)
+    return ImportResult(
+        name=name,
+        manifest=manifest,
+        tensors=sum(1 for layer in layers if layer.is_tensor),
+        bytes=sum(layer.size for layer in layers),
+        new_blobs=tally.new,
+        reused_blobs=tally.reused,
+        bytes_freed=freed,
+    )
+
+
+def _store_file(store: Store, item: FileItem, tally: _Tally) -> Layer:
+    try:
+        data = item.path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {item.layer_name}: {exc.strerror or exc}") from None
+    blob = tally.count(write_bytes_blob(store.blobs_dir, data))
+    return Layer(item.layer_name, blob.digest, blob.size, media_type_for_file(item.layer_name))
+
+
+def _store_shard(
+    store: Store, shard: Shard, report: ProgressCallback, executor: Executor | None, publisher: BlobPublisher
+) -> list[Layer]:
+    layers = []
+    try:
+        reader = SafetensorsReader(shard.path, shard.header, shard.display)
+    except OSError as exc:
+        raise UserError(f"cannot read {shard.display}: {exc.strerror or exc}") from None
+    with reader:
+        for tensor in shard.header.tensors:
+            entry = TensorEntry(PLAIN_TENSOR_NAME, tensor.dtype, tensor.shape)
+            chunks = _reporting(reader.chunks(tensor), report)
+            blob: BlobRef = write_tensor_blob(
+                store.blobs_dir, [(entry, chunks)], executor=executor, publisher=publisher
+            )
+            report(0, 1)
+            layers.append(
+                Layer(
+                    name=f"{shard.layer_prefix}/{tensor.name}",
+                    digest=blob.digest,
+                    size=blob.size,
+                    media_type=TENSOR_MEDIA_TYPE,
+                    dtype=tensor.dtype,
+                    shape=tensor.shape,
+                )
+            )
+    return layers
+
+
+def _reporting(chunks: Iterator, report: ProgressCallback) -> Iterator:
+    for chunk in chunks:
+        yield chunk
+        report(len(chunk), 0)
+
+
+def _encode_config(plan: ImportPlan, layers: list[Layer]) -> bytes:
+    """The config blob: what `show` prints and what the loader needs to pick the architecture."""
+    components = {}
+    for component in plan.components:
+        own = [layer for layer in layers if layer.component == component.name]
+        components[component.name] = {
+            "class": component.class_name,
+            "parameters": component.parameters,
+            "size": sum(layer.size for layer in own),
+            "dtypes": component.dtypes,
+        }
+    config = {
+        "architecture": plan.architecture.class_name,
+        "family": plan.architecture.family,
+        "format": "diffusers",
+        "components": components,
+        "parameter_count": sum(c.parameters for c in plan.components),
+        "quantization": None,
+        "total_size": sum(layer.size for layer in layers),
+    }
+    return json.dumps(config, indent=2).encode("utf-8") + b"\n"
