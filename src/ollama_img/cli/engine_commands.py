@@ -7,8 +7,7 @@ import typer
 
 from ollama_img.cli.app import app
 from ollama_img.cli.completion import complete_model_names
-from ollama_img.cli.table import format_table
-from ollama_img.humanize import human_bytes, until
+from ollama_img.cli.formatting import human_bytes, human_until, table
 from ollama_img.names import ModelName
 
 PS_HEADERS = ["NAME", "ID", "SIZE", "PROCESSOR", "UNTIL"]
@@ -24,7 +23,7 @@ def ps_rows(models: list[dict]) -> list[list[str]]:
                 m.get("id") or "",
                 human_bytes(int(m.get("size") or 0)),
                 m.get("processor") or "",
-                until(None if m.get("expires_at") is None else float(left or 0)),
+                human_until(None if m.get("expires_at") is None else float(left or 0)),
             ]
         )
     return rows
@@ -40,7 +39,7 @@ def ps():
     if client is not None:
         with client:
             models = client.ps()
-    print(format_table(PS_HEADERS, ps_rows(models)))
+    print(table([PS_HEADERS, *ps_rows(models)]))
 
 
 @app.command("stop")

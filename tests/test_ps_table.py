@@ -1,24 +1,15 @@
 from ollama_img.cli.engine_commands import PS_HEADERS, ps_rows
-from ollama_img.cli.table import format_table
-from ollama_img.humanize import human_bytes, human_duration, until
-
-
-def test_sizes_in_decimal_units_like_ollama():
-    assert human_bytes(912) == "912 B"
-    assert human_bytes(5_400_000) == "5.4 MB"
-    assert human_bytes(274_000_000) == "274 MB"
-    assert human_bytes(6_600_000_000) == "6.6 GB"
-    assert human_bytes(20_000_000_000) == "20 GB"
+from ollama_img.cli.formatting import human_duration, human_until, table
 
 
 def test_until_reads_like_ollama_ps():
-    assert until(299.5) == "4 minutes from now"
-    assert until(30) == "30 seconds from now"
-    assert until(90) == "About a minute from now"
-    assert until(3600 * 3) == "3 hours from now"
-    assert until(None) == "Forever"
-    assert until(float("inf")) == "Forever"
-    assert until(0) == "Stopping..."
+    assert human_until(299.5) == "4 minutes from now"
+    assert human_until(30) == "30 seconds from now"
+    assert human_until(90) == "About a minute from now"
+    assert human_until(3600 * 3) == "3 hours from now"
+    assert human_until(None) == "Forever"
+    assert human_until(float("inf")) == "Forever"
+    assert human_until(0) == "Stopping..."
     assert human_duration(0.2) == "Less than a second"
 
 
@@ -40,9 +31,9 @@ def test_ps_table_columns():
             "expires_at": None,
         },
     ]
-    lines = format_table(PS_HEADERS, ps_rows(models)).splitlines()
+    lines = table([PS_HEADERS, *ps_rows(models)]).splitlines()
     assert lines[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "UNTIL"]
-    assert lines[1].split(None, 3)[:3] == ["z-image:latest", "0123456789ab", "12"]
+    assert lines[1].split()[:4] == ["z-image:latest", "0123456789ab", "12", "GB"]
     assert lines[1].endswith("4 minutes from now") and "100% GPU" in lines[1]
     assert lines[2].endswith("Forever") and "100% CPU" in lines[2]
     # columns line up under their headers
@@ -51,4 +42,4 @@ def test_ps_table_columns():
 
 
 def test_empty_ps_is_just_the_header():
-    assert format_table(PS_HEADERS, ps_rows([])) == "NAME   ID   SIZE   PROCESSOR   UNTIL"
+    assert table([PS_HEADERS, *ps_rows([])]).split() == PS_HEADERS
