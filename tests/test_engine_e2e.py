@@ -166,6 +166,13 @@ def test_keepalive_forever_shows_in_ps(world):
     assert world.cli("ps").stdout.splitlines()[1:] == []
 
 
+def test_stop_with_no_engine_checks_the_name_and_starts_nothing(side_world):
+    assert side_world.cli("stop", "z-image").returncode == 0
+    unknown = side_world.cli("stop", "nope")
+    assert unknown.returncode == 1 and unknown.stderr.startswith("Error: ") and "nope" in unknown.stderr
+    assert side_world.engine_pid() is None and not side_world.socket.exists()
+
+
 def test_two_concurrent_runs_both_finish(world):
     first = world.popen("run", "z-image", "slow one", "--size", "64x64", "--steps", "150", text=True)
     for line in first.stderr:
