@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None):
     """Console-script entry point: user errors end in one line, never a traceback."""
     _register_commands()
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="ollama-img", standalone_mode=False)
     except UserError as exc:
         fail(str(exc))
     except _ABORTS:
@@ -69,4 +69,4 @@ def main(argv: list[str] | None = None):
 
 def _register_commands():
     """Import the command modules; each adds its commands to `app` (imported here to keep start-up lean)."""
-    from ollama_img.cli import store_commands  # noqa: F401
+    from ollama_img.cli import engine_commands, run_command, store_commands  # noqa: F401
