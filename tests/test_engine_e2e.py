@@ -105,6 +105,27 @@ def test_a_second_run_reuses_the_loaded_model(world):
     assert Image.open(first).tobytes() == Image.open(summary["paths"][0]).tobytes()
 
 
+def test_teacache_flag_reaches_the_pipeline_and_the_recipe(world):
+    """--teacache 0 is the uncached image; a loose threshold skips passes (another image); bare uses 0.4."""
+
+    def image(*flags):
+        result = world.cli(
+            "run", "z-image", "a red fox", "--size", "64x64", "--steps", "9", "--seed", "3", *flags
+        )
+        assert result.returncode == 0, result.stderr
+        (path,) = saved_paths(result)
+        return Image.open(path).tobytes(), read_png_text(path)
+
+    plain, plain_text = image()
+    zero, zero_text = image("--teacache", "0")
+    loose, loose_text = image("--teacache", "30")
+    _, default_text = image("--teacache")
+    assert "teacache" not in plain_text and float(zero_text["teacache"]) == 0.0
+    assert zero == plain
+    assert loose != plain and float(loose_text["teacache"]) == 30.0
+    assert float(default_text["teacache"]) == 0.4
+
+
 def test_n_images_use_consecutive_seeds(world):
     out = world.work / "many.png"
     result = world.cli(

@@ -26,6 +26,11 @@ def test_a_full_request():
     )
 
 
+def test_teacache_is_off_unless_asked_for():
+    assert params().teacache is None
+    assert params(teacache=0.3).teacache == 0.3
+
+
 def test_defaults_are_left_to_the_model():
     p = params()
     assert (p.width, p.height, p.steps, p.guidance, p.seed, p.n, p.keepalive) == (None,) * 5 + (1, None)
@@ -46,6 +51,8 @@ def test_defaults_are_left_to_the_model():
         ({"guidance": "high"}, "'guidance' must be a number"),
         ({"negative_prompt": 3}, "'negative_prompt' must be a string"),
         ({"keep_alive": "soon"}, "invalid keep_alive"),
+        ({"teacache": -0.1}, "'teacache' must be at least 0"),
+        ({"teacache": "yes"}, "'teacache' must be a number"),
         ({"prompt": "   "}, "empty prompt"),
     ],
 )
@@ -83,3 +90,20 @@ def test_sizes_are_width_by_height():
     for bad in ("1024", "axb", "1000x1000", "16x0"):
         with pytest.raises(UserError):
             parse_size(bad)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["run", "m", "--teacache"], ["run", "m", "--teacache", "0.4"]),
+        (["run", "m", "--teacache", "0.25", "a cat"], ["run", "m", "--teacache", "0.25", "a cat"]),
+        (["run", "m", "--teacache", "a cat"], ["run", "m", "--teacache", "0.4", "a cat"]),
+        (["run", "m", "--teacache", "--seed", "3"], ["run", "m", "--teacache", "0.4", "--seed", "3"]),
+        (["run", "m", "--", "--teacache"], ["run", "m", "--", "--teacache"]),
+    ],
+)
+def test_teacache_value_is_optional_on_the_command_line(argv, expected):
+    from ollama_img.cli import run_command  # noqa: F401  (registers --teacache's default)
+    from ollama_img.cli.app import fill_optional_values
+
+    assert fill_optional_values(argv) == expected

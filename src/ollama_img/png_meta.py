@@ -28,6 +28,7 @@ class Recipe:
     height: int
     model: str
     digest: str | None
+    teacache: float | None = None
 
     def text_chunks(self) -> dict[str, str]:
         chunks = {
@@ -42,6 +43,8 @@ class Recipe:
             "version": __version__,
             "Software": SOFTWARE,
         }
+        if self.teacache is not None:
+            chunks["teacache"] = repr(float(self.teacache))
         return chunks
 
 

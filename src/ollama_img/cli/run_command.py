@@ -18,12 +18,13 @@ import typer
 
 from ollama_img import viewer
 from ollama_img.cli import outputs
-from ollama_img.cli.app import app
+from ollama_img.cli.app import OPTIONAL_VALUES, app
 from ollama_img.cli.completion import complete_model_names
 from ollama_img.cli.progress import make_progress
 from ollama_img.errors import UserError
 from ollama_img.keepalive import parse_keepalive
 from ollama_img.names import ModelName
+from ollama_img.teacache import DEFAULT_THRESHOLD
 
 NS = 1e9
 INTERACTIVE_HELP = """Available commands:
@@ -41,6 +42,7 @@ class RunOptions:
     seed: int | None = None
     guidance: float | None = None
     negative: str | None = None
+    teacache: float | None = None
     output: str | None = None
     count: int = 1
     no_open: bool = False
@@ -59,6 +61,7 @@ class RunOptions:
                 "seed": self.seed,
                 "guidance": self.guidance,
                 "negative_prompt": self.negative,
+                "teacache": self.teacache,
             }
             body.update({k: v for k, v in fields.items() if v is not None})
             if self.count != 1:
@@ -190,7 +193,20 @@ def interactive(options: RunOptions):
 
 
 def build_options(
-    model, width, height, size, steps, seed, guidance, negative, output, count, no_open, keepalive, format_
+    model,
+    width,
+    height,
+    size,
+    steps,
+    seed,
+    guidance,
+    negative,
+    output,
+    count,
+    no_open,
+    keepalive,
+    format_,
+    teacache=None,
 ) -> RunOptions:
     """Check the flags before anything starts, so mistakes cost nothing."""
     if os.sep in model and Path(model).expanduser().is_dir():
@@ -206,6 +222,8 @@ def build_options(
         raise UserError(f"unsupported --format {format_!r}: the only format is json")
     if keepalive is not None:
         parse_keepalive(keepalive)
+    if teacache is not None and teacache < 0:
+        raise UserError(f"--teacache must be >= 0, got {teacache:g}")
     if output == outputs.STDOUT and format_ == "json":
         raise UserError("-o - and --format json both write to stdout; choose one")
     if output == outputs.STDOUT and sys.stdout.isatty():
@@ -226,7 +244,11 @@ def build_options(
         no_open=no_open,
         keepalive=keepalive,
         json=format_ == "json",
+        teacache=teacache,
     )
+
+
+OPTIONAL_VALUES["--teacache"] = str(DEFAULT_THRESHOLD)
 
 
 @app.command("run")
@@ -259,6 +281,12 @@ def run(
     format_: str | None = typer.Option(
         None, "--format", help="json: print one JSON object (paths, seeds, timings)."
     ),
+    teacache: float | None = typer.Option(
+        None,
+        "--teacache",
+        metavar="[THRESHOLD]",
+        help=f"Skip transformer passes on steps that change little (TeaCache); alone: {DEFAULT_THRESHOLD}, 0: off.",
+    ),
 ):
     """Generate images from a prompt (starts the engine if needed)."""
     options = build_options(
@@ -275,6 +303,7 @@ def run(
         no_open,
         keepalive,
         format_,
+        teacache,
     )
     text = " ".join(prompt) if prompt else None
     if text is None and not sys.stdin.isatty():

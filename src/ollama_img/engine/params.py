@@ -31,6 +31,7 @@ class GenerateParams:
     seed: int | None = None
     n: int = 1
     keepalive: float | None = None
+    teacache: float | None = None  # TeaCache threshold; None: off
 
 
 def parse_json_object(raw: bytes) -> dict:
@@ -125,7 +126,7 @@ def keepalive(body: dict) -> float | None:
 
 
 def generate_params(body: dict, model: str, prompt: str) -> GenerateParams:
-    """The shared part of both APIs: sizes, steps, guidance, negative prompt, seed, n, keep-alive."""
+    """The shared part of both APIs: sizes, steps, guidance, negative prompt, seed, n, keep-alive, TeaCache."""
     if not prompt.strip():
         raise UserError("empty prompt: say what the image should show")
     n = optional_int(body, "n", minimum=1, maximum=MAX_IMAGES)
@@ -142,4 +143,5 @@ def generate_params(body: dict, model: str, prompt: str) -> GenerateParams:
         seed=seed,
         n=n,
         keepalive=keepalive(body),
+        teacache=optional_float(body, "teacache", minimum=0.0),
     )

@@ -315,6 +315,7 @@ class Scheduler:
     def _generate(self, job: Job, model: LoadedModel):
         params = job.params
         resolved = self._validate(model.pipe, params)
+        extra = {} if params.teacache is None else {"teacache": params.teacache}
         first_seed = params.seed if params.seed is not None else _random_seed()
         resolved["seeds"] = [first_seed + i for i in range(params.n)]
         images = []
@@ -335,6 +336,7 @@ class Scheduler:
                     negative_prompt=params.negative_prompt,
                     seed=seed,
                     on_step=on_step,
+                    **extra,
                 )
             )
         return images, resolved
@@ -352,6 +354,7 @@ class Scheduler:
                 height=resolved["height"],
                 model=model.name,
                 digest=model.digest,
+                teacache=params.teacache,
             )
             for seed in resolved.get("seeds", [])
         ]
