@@ -11,17 +11,12 @@ from functools import cache
 
 import mlx.core as mx
 
-_HEADER = """
-template <typename T, int N>
-struct alignas(16) Vec { T v[N]; };
-"""
-
 # One warp per (batch, token, head): lanes 0-15 take q's 128 values, lanes 16-31 k's, each lane 16
 # bytes at a time (VEC values); RMS over the half-warp, rotate pairs, write (B, H, L, D); v is copied.
 _SOURCE = """
     constexpr int VEC = 16 / sizeof(T);
     constexpr int ITER = HD / (16 * VEC);
-    using V = Vec<T, VEC>;
+    struct alignas(16) V { T v[VEC]; };
     const int lane = threadIdx.x & 31;
     const int part = lane >> 4;
     const int hl = lane & 15;
@@ -74,7 +69,6 @@ def _cuda_kernel(eps: float):
         input_names=["qkv", "q_weight", "k_weight", "cos_t", "sin_t"],
         output_names=["q_out", "k_out", "v_out"],
         source=_SOURCE.replace("EPS", f"{eps:.9e}f"),
-        header=_HEADER,
     )
 
 

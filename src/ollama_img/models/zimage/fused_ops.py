@@ -17,11 +17,6 @@ import mlx.nn as nn
 from ollama_img.models.zimage.attention_prep import use_cuda_kernel
 
 # Both kernels move 16 bytes per load and store (8 bf16 or 4 float32 values): `VEC` elements.
-_VECTOR_IO = """
-template <typename T, int N>
-struct alignas(16) Vec { T v[N]; };
-"""
-
 _ADD_NORM = """
     constexpr int VEC = 16 / sizeof(T);
     const long row = blockIdx.x;
@@ -37,7 +32,7 @@ _ADD_NORM = """
         for (int i = 0; i < (DIM / VEC) / 32; ++i) total += partial[i];
         return total;
     };
-    using V = Vec<T, VEC>;
+    struct alignas(16) V { T v[VEC]; };
     const V xv = *reinterpret_cast<const V*>(x + base);
     const V yv = *reinterpret_cast<const V*>(y + base);
     const V wy = *reinterpret_cast<const V*>(w_y + long(tid) * VEC);
@@ -67,7 +62,7 @@ _ADD_NORM = """
 
 _SWIGLU = """
     constexpr int VEC = 16 / sizeof(T);
-    using V = Vec<T, VEC>;
+    struct alignas(16) V { T v[VEC]; };
     const long per_row = HIDDEN / VEC;
     const long idx = long(blockIdx.x) * blockDim.x + threadIdx.x;
     const long rows = gate_up_shape[0] * gate_up_shape[1];
@@ -106,7 +101,6 @@ def _add_norm_kernel(eps: float, with_next: bool):
         input_names=inputs,
         output_names=outputs,
         source=_source(eps, with_next),
-        header=_VECTOR_IO,
     )
 
 
