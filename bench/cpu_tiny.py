@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.zimage_folder import TINY, build_zimage_folder  # noqa: E402
 
-from bench.results import replace_section  # noqa: E402
+from bench.results import cpu_model, replace_section  # noqa: E402
 
 
 def main():
@@ -49,7 +49,7 @@ def main():
     med = statistics.median(times)
     rows = [
         f"Measured {date.today()} on {platform.machine()} "
-        f"({_cpu_name()}, {_cores()} cores), MLX {mx.__version__}, device {mx.default_device()}, "
+        f"({cpu_model()}, {_cores()} cores), MLX {mx.__version__}, device {mx.default_device()}, "
         f"compute dtype {pipe.dtype}.",
         "",
         "| what | seconds |",
@@ -64,16 +64,6 @@ def main():
     print("\n".join(rows))
     if args.write:
         replace_section("CPU, tiny model (bench/cpu_tiny.py)", "\n".join(rows))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _cores() -> int:

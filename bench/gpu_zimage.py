@@ -131,6 +131,7 @@ def _mlx_profile(pipe, caption, sync) -> dict:
     import mlx.core as mx
 
     from ollama_img.models.zimage.attention_prep import qk_norm_rope
+    from ollama_img.models.zimage.fused_ops import add_norm, swiglu
     from ollama_img.models.zimage.transformer import image_rope
 
     tr = pipe.transformer
@@ -152,7 +153,8 @@ def _mlx_profile(pipe, caption, sync) -> dict:
     compiled_block = mx.compile(lambda x: block(x, cos, sin, w))
     latents = mx.random.normal((1, 16, 128, 128)).astype(dt)
     parts = {
-        "rms_norm (x4 per block)": lambda: mx.fast.rms_norm(x, w[0], 1e-5),
+        "rms_norm (first block only)": lambda: mx.fast.rms_norm(x, w[0], 1e-5),
+        "residual + norm, fused (x2 per block)": lambda: add_norm(x, x, w[1], w[2], 1e-5),
         "qkv matmul": lambda: a.to_qkv(x),
         "q/k norm + rope + layout": lambda: qk_norm_rope(
             qkv, a.norm_q.weight, a.norm_k.weight, cos, sin, heads, 1e-5
@@ -161,11 +163,8 @@ def _mlx_profile(pipe, caption, sync) -> dict:
         "out transpose": lambda: o.transpose(0, 2, 1, 3).reshape(1, n, dim),
         "out matmul": lambda: a.to_out[0](x),
         "w13 matmul": lambda: ff.w13(x),
-        "silu * up": lambda: mx.compile(
-            lambda g: __import__("mlx.nn").nn.silu(g[..., : ff.hidden]) * g[..., ff.hidden :]
-        )(gu),
+        "swiglu": lambda: swiglu(gu, ff.hidden),
         "w2 matmul": lambda: ff.w2(hidden),
-        "residual add": lambda: x + x,
         "block, eager": lambda: block(x, cos, sin, w),
         "block, compiled": lambda: compiled_block(x),
         "step, compiled": lambda: tr.compiled.step(latents, caption, mod),

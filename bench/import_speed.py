@@ -38,7 +38,7 @@ from tests.fixtures.zimage_folder import (  # noqa: E402
     build_zimage_folder,
 )
 
-from bench.results import replace_section  # noqa: E402
+from bench.results import cpu_model, replace_section  # noqa: E402
 
 # The release's shapes (dim 3840, Qwen3-4B widths, the Flux VAE) with fewer layers: about 4.7 GB in bf16.
 MEDIUM = Sizes(
@@ -180,16 +180,6 @@ def main(argv=None):
     print(report)
     heading, _, body = report.lstrip().partition("\n")
     replace_section("Import speed (bench/import_speed.py)", body, args.results)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def render(args, size, rows, peaks, cache) -> str:

@@ -1,5 +1,6 @@
 """bench/RESULTS.md is one file with a section per benchmark; each script rewrites only its own section."""
 
+import platform
 import re
 from pathlib import Path
 
@@ -17,3 +18,14 @@ def replace_section(title: str, body: str, path: Path = RESULTS) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, for the machine line of a section."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

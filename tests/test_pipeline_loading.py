@@ -47,3 +47,25 @@ def test_a_folder_that_is_not_a_model_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="model_index.json is missing"):
         load_pipeline(tmp_path / "empty")
+
+
+def test_large_convolutions_run_in_strips_with_the_same_result_and_less_scratch(monkeypatch):
+    from ollama_img.models.zimage.vae import Conv2d
+
+    conv = Conv2d(64, 32, 3, padding=1)
+    x = mx.random.normal((1, 256, 96, 64), key=mx.random.key(0))
+    mx.eval(x, conv.parameters())
+
+    def peak_and_output():
+        mx.reset_peak_memory()
+        base = mx.get_active_memory()
+        out = conv(x)
+        mx.eval(out)
+        return mx.get_peak_memory() - base, np.array(out)
+
+    monkeypatch.setattr(Conv2d, "SCRATCH_BYTES", 1 << 40)  # one piece
+    whole_peak, whole = peak_and_output()
+    monkeypatch.setattr(Conv2d, "SCRATCH_BYTES", 4 << 20)  # strips of a few rows
+    strips_peak, strips = peak_and_output()
+    np.testing.assert_array_equal(strips, whole)
+    assert strips_peak < whole_peak / 2

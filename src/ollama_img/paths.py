@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import platformdirs
@@ -26,7 +27,9 @@ def runtime_dir() -> Path:
     override = os.environ.get("OLLAMA_IMG_RUNTIME_DIR")
     if override:
         return Path(override).expanduser()
-    path = platformdirs.user_runtime_path(APP)
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; we handle that here
+        warnings.simplefilter("ignore")
+        path = platformdirs.user_runtime_path(APP)
     if path.parent.is_dir() and os.access(path.parent, os.W_OK):
         return path
     return Path(tempfile.gettempdir()) / f"{APP}-{os.getuid()}"

@@ -47,11 +47,33 @@ def fail(message: str, code: int = 1):
     raise SystemExit(code)
 
 
+# Options whose value may be left out (`run --teacache` or `run --teacache 0.3`), with the value they get
+# then. Click's own optional values take any next word as the value; here only a number is.
+OPTIONAL_VALUES: dict[str, str] = {}
+
+
+def fill_optional_values(args: list[str]) -> list[str]:
+    """Insert the default value after an optional-value option that is not followed by a number."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--":
+            return out + args[i + 1 :]
+        if arg in OPTIONAL_VALUES:
+            following = args[i + 1] if i + 1 < len(args) else None
+            try:
+                float(following)
+            except (TypeError, ValueError):
+                out.append(OPTIONAL_VALUES[arg])
+    return out
+
+
 def main(argv: list[str] | None = None):
     """Console-script entry point: user errors end in one line, never a traceback."""
     _register_commands()
+    args = fill_optional_values(sys.argv[1:] if argv is None else list(argv))
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=args, prog_name="ollama-img", standalone_mode=False)
     except UserError as exc:
         fail(str(exc))
     except _ABORTS:
@@ -69,4 +91,4 @@ def main(argv: list[str] | None = None):
 
 def _register_commands():
     """Import the command modules; each adds its commands to `app` (imported here to keep start-up lean)."""
-    from ollama_img.cli import store_commands  # noqa: F401
+    from ollama_img.cli import engine_commands, run_command, store_commands  # noqa: F401

@@ -49,6 +49,36 @@ def _ago(count: int, unit: str) -> str:
     return f"{count} {unit}s ago"
 
 
+def human_duration(seconds: float) -> str:
+    """A coarse span: "Less than a second", "5 seconds", "About a minute", "4 minutes", "2 hours"."""
+    if seconds < 1:
+        return "Less than a second"
+    if seconds < 2:
+        return "1 second"
+    if seconds < 60:
+        return f"{int(seconds)} seconds"
+    minutes = seconds / 60
+    if minutes < 2:
+        return "About a minute"
+    if minutes < 60:
+        return f"{int(minutes)} minutes"
+    hours = minutes / 60
+    if hours < 2:
+        return "About an hour"
+    if hours < 48:
+        return f"{int(hours)} hours"
+    return f"{int(hours / 24)} days"
+
+
+def human_until(seconds_left: float | None) -> str:
+    """The UNTIL column of `ps`: "4 minutes from now", "Forever" (None or infinite), "Stopping..." once due."""
+    if seconds_left is None or seconds_left == float("inf"):
+        return "Forever"
+    if seconds_left <= 0:
+        return "Stopping..."
+    return f"{human_duration(seconds_left)} from now"
+
+
 def table(rows: list[list[str]], gap: int = 4) -> str:
     """Left-aligned columns separated by at least `gap` spaces; the first row is the heading."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -11,8 +11,15 @@ from functools import cache
 
 import mlx.core as mx
 
+# One warp per (batch, token, head): lanes 0-15 take q's 128 values, lanes 16-31 k's, each lane 16
+# bytes at a time (VEC values); RMS over the half-warp, rotate pairs, write (B, H, L, D); v is copied.
 _SOURCE = """
+    constexpr int VEC = 16 / sizeof(T);
+    constexpr int ITER = HD / (16 * VEC);
+    struct alignas(16) V { T v[VEC]; };
     const int lane = threadIdx.x & 31;
+    const int part = lane >> 4;
+    const int hl = lane & 15;
     const long row = (long(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
     const long B = qkv_shape[0];
     const long L = qkv_shape[1];
@@ -24,28 +31,34 @@ _SOURCE = """
     const long dim = long(NH) * HD;
     const T* src = qkv + bl * 3 * dim + long(h) * HD;
     const long dst = ((b * NH + h) * L + l) * HD;
-    constexpr int PER = HD / 32;  // elements per lane, an even number: whole rotation pairs
-    const int e0 = lane * PER;
-    for (int part = 0; part < 2; ++part) {
-        const T* x = src + part * dim;
-        const T* w = part == 0 ? q_weight : k_weight;
-        float v[PER];
-        float ss = 0.0f;
-        for (int i = 0; i < PER; ++i) { v[i] = static_cast<float>(x[e0 + i]); ss += v[i] * v[i]; }
-        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
-        const float r = rsqrtf(ss / HD + EPS);
-        T* out = (part == 0 ? q_out : k_out) + dst;
-        for (int i = 0; i < PER; i += 2) {
-            const float a = v[i] * r * static_cast<float>(w[e0 + i]);
-            const float c = v[i + 1] * r * static_cast<float>(w[e0 + i + 1]);
+    const T* x = src + part * dim;
+    const T* w = part == 0 ? q_weight : k_weight;
+    T* out = (part == 0 ? q_out : k_out) + dst;
+    float v[ITER][VEC];
+    float ss = 0.0f;
+    for (int it = 0; it < ITER; ++it) {
+        const V in = *reinterpret_cast<const V*>(x + (it * 16 + hl) * VEC);
+        for (int i = 0; i < VEC; ++i) { v[it][i] = static_cast<float>(in.v[i]); ss += v[it][i] * v[it][i]; }
+    }
+    for (int o = 8; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
+    const float r = rsqrtf(ss / HD + EPS);
+    for (int it = 0; it < ITER; ++it) {
+        const int e0 = (it * 16 + hl) * VEC;
+        const V wv = *reinterpret_cast<const V*>(w + e0);
+        V o;
+        for (int i = 0; i < VEC; i += 2) {
+            const float a = v[it][i] * r * static_cast<float>(wv.v[i]);
+            const float c = v[it][i + 1] * r * static_cast<float>(wv.v[i + 1]);
             const long p = l * (HD / 2) + (e0 + i) / 2;
             const float cs = cos_t[p], sn = sin_t[p];
-            out[e0 + i] = static_cast<T>(a * cs - c * sn);
-            out[e0 + i + 1] = static_cast<T>(a * sn + c * cs);
+            o.v[i] = static_cast<T>(a * cs - c * sn);
+            o.v[i + 1] = static_cast<T>(a * sn + c * cs);
+        }
+        *reinterpret_cast<V*>(out + e0) = o;
+        if (part == 0) {
+            *reinterpret_cast<V*>(v_out + dst + e0) = *reinterpret_cast<const V*>(src + 2 * dim + e0);
         }
     }
-    const T* vs = src + 2 * dim;
-    for (int i = 0; i < PER; ++i) v_out[dst + e0 + i] = vs[e0 + i];
 """
 
 
@@ -97,7 +110,7 @@ def qk_norm_rope(
     """q, k, v as (B, H, L, D) from the fused projection qkv (B, L, 3 * H * D)."""
     b, length, three_dim = qkv.shape
     head_dim = three_dim // (3 * n_heads)
-    if not use_cuda_kernel() or head_dim % 64:
+    if not use_cuda_kernel() or head_dim % (16 * (16 // qkv.dtype.size)):
         return _reference(qkv, q_weight, k_weight, cos, sin, n_heads, eps)
     shape = (b, n_heads, length, head_dim)
     return _cuda_kernel(eps)(

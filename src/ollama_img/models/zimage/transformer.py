@@ -12,7 +12,8 @@ What makes it fast, without changing the arithmetic:
   computes every block's scales and gates for all steps at once, folded into the RMSNorm weights
   (norm(x) * (1 + s) == rms_norm(x, w * (1 + s)) and tanh(g) * norm(y) == rms_norm(y, w * tanh(g)));
 - after loading, q/k/v and the two SwiGLU input projections are fused into single matmuls
-  (`fuse_projections`), and q/k normalisation, RoPE and the head transposes run as one kernel on CUDA;
+  (`fuse_projections`); on CUDA, q/k normalisation + RoPE + head transposes, each residual update +
+  the next norm, and SwiGLU are single kernels (`attention_prep`, `fused_ops`);
 - a step is three compiled functions (before, through and after the main stack), the middle one
   separable so that TeaCache can skip it.
 """
@@ -26,6 +27,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ollama_img.models.zimage.attention_prep import qk_norm_rope
+from ollama_img.models.zimage.fused_ops import add_norm, swiglu
 
 ADALN_DIM = 256  # width of the timestep embedding that drives adaLN
 SEQ_MULTIPLE = 32  # every token group is padded to a multiple of this
@@ -198,11 +200,8 @@ class FeedForward(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         if "w13" in self:
-            gate_up = self.w13(x)
-            gate, up = gate_up[..., : self.hidden], gate_up[..., self.hidden :]
-        else:
-            gate, up = self.w1(x), self.w3(x)
-        return self.w2(nn.silu(gate) * up)
+            return self.w2(swiglu(self.w13(x), self.hidden))
+        return self.w2(nn.silu(self.w1(x)) * self.w3(x))
 
 
 class TransformerBlock(nn.Module):
@@ -244,12 +243,29 @@ class TransformerBlock(nn.Module):
         self.attention.fuse()
         self.feed_forward.fuse()
 
+    def forward(self, x, h, cos, sin, weights: mx.array, next_weight: mx.array | None):
+        """One block given h = its normalised input; returns x and the next block's normalised input.
+
+        `weights` (4, dim) from `norm_weights` for this step; `next_weight` is the next block's first
+        norm weight (None for the last block), so that the residual update and the next norm fuse.
+        """
+        attn = self.attention(h, cos, sin)
+        x, h = add_norm(x, attn, weights[1], weights[2], self.eps)
+        return add_norm(x, self.feed_forward(h), weights[3], next_weight, self.eps)
+
     def __call__(self, x: mx.array, cos: mx.array, sin: mx.array, weights: mx.array) -> mx.array:
-        """`weights` (4, dim) from `norm_weights` for this step."""
-        attn = self.attention(mx.fast.rms_norm(x, weights[0], self.eps), cos, sin)
-        x = x + mx.fast.rms_norm(attn, weights[1], self.eps)
-        ffn = self.feed_forward(mx.fast.rms_norm(x, weights[2], self.eps))
-        return x + mx.fast.rms_norm(ffn, weights[3], self.eps)
+        return self.forward(x, mx.fast.rms_norm(x, weights[0], self.eps), cos, sin, weights, None)[0]
+
+
+def run_blocks(
+    blocks: list[TransformerBlock], x: mx.array, cos: mx.array, sin: mx.array, weights
+) -> mx.array:
+    """A chain of blocks, each block's last residual update fused with the next block's first norm."""
+    h = mx.fast.rms_norm(x, weights[0][0], blocks[0].eps)
+    for i, block in enumerate(blocks):
+        next_weight = weights[i + 1][0] if i + 1 < len(blocks) else None
+        x, h = block.forward(x, h, cos, sin, weights[i], next_weight)
+    return x
 
 
 class FinalLayer(nn.Module):
@@ -350,8 +366,7 @@ class ZImageTransformer(nn.Module):
         is_pad = mx.arange(total)[None, :, None] >= mx.array(lengths)[:, None, None]
         x = mx.where(is_pad, self.cap_pad_token.astype(x.dtype), x)
         cos, sin = rope_tables(caption_positions(total), self.config)
-        for block in self.context_refiner:
-            x = block(x, cos, sin, block.norm_weights()[0])
+        x = run_blocks(self.context_refiner, x, cos, sin, [b.norm_weights()[0] for b in self.context_refiner])
         return Caption(x, cos, sin)
 
     def modulations(self, t: mx.array, dtype: mx.Dtype) -> list[Modulation]:
@@ -379,8 +394,7 @@ class ZImageTransformer(nn.Module):
                 [x, mx.broadcast_to(self.x_pad_token.astype(x.dtype), (b, total - n, x.shape[-1]))], 1
             )
         cos, sin = image_rope(rows, cols, caption.padded_len, self.config)
-        for block, weights in zip(self.noise_refiner, mod.refiner, strict=True):
-            x = block(x, cos, sin, weights)
+        x = run_blocks(self.noise_refiner, x, cos, sin, mod.refiner)
         tokens = caption.tokens.astype(x.dtype)
         if tokens.shape[0] != b:
             tokens = mx.broadcast_to(tokens, (b, *tokens.shape[1:]))
@@ -388,9 +402,7 @@ class ZImageTransformer(nn.Module):
         return x, mx.concatenate([cos, caption.cos]), mx.concatenate([sin, caption.sin])
 
     def main_stack(self, x: mx.array, cos: mx.array, sin: mx.array, mod: Modulation) -> mx.array:
-        for block, weights in zip(self.layers, mod.layers, strict=True):
-            x = block(x, cos, sin, weights)
-        return x
+        return run_blocks(self.layers, x, cos, sin, mod.layers)
 
     def unembed(self, x: mx.array, shape: tuple[int, ...], mod: Modulation) -> mx.array:
         """Final layer and unpatchify: tokens -> velocity (B, C, H, W)."""
@@ -417,23 +429,36 @@ class ZImageTransformer(nn.Module):
 
 
 class CompiledSteps:
-    """mx.compile'd step parts; arrays in, arrays out (compile retraces for each new shape)."""
+    """The step parts, mx.compile'd: the same interface as the model's (compile retraces per new shape)."""
 
     def __init__(self, model: ZImageTransformer):
         def embed(latents, tokens, cap_cos, cap_sin, refiner):
-            caption = Caption(tokens, cap_cos, cap_sin)
-            return model.embed_image(latents, caption, Modulation(refiner, None, None))
+            return model.embed_image(
+                latents, Caption(tokens, cap_cos, cap_sin), Modulation(refiner, None, None)
+            )
 
         def main(x, cos, sin, layers):
             return model.main_stack(x, cos, sin, Modulation(None, layers, None))
 
-        def unembed(x, final, latents):
-            return model.unembed(x, latents.shape, Modulation(None, None, final))
+        self._model = model
+        self._embed, self._main = mx.compile(embed), mx.compile(main)
+        self._unembed = {}  # one compiled function per output shape: shapes are not arrays
 
-        self.embed = mx.compile(embed)
-        self.main = mx.compile(main)
-        self.unembed = mx.compile(unembed)
+    def embed_image(self, latents: mx.array, caption: Caption, mod: Modulation):
+        return self._embed(latents, caption.tokens, caption.cos, caption.sin, mod.refiner)
+
+    def main_stack(self, x: mx.array, cos: mx.array, sin: mx.array, mod: Modulation) -> mx.array:
+        return self._main(x, cos, sin, mod.layers)
+
+    def unembed(self, x: mx.array, shape: tuple[int, ...], mod: Modulation) -> mx.array:
+        shape = tuple(shape)
+        if shape not in self._unembed:
+            model = self._model
+            self._unembed[shape] = mx.compile(
+                lambda x, final: model.unembed(x, shape, Modulation(None, None, final))
+            )
+        return self._unembed[shape](x, mod.final)
 
     def step(self, latents: mx.array, caption: Caption, mod: Modulation) -> mx.array:
-        x, cos, sin = self.embed(latents, caption.tokens, caption.cos, caption.sin, mod.refiner)
-        return self.unembed(self.main(x, cos, sin, mod.layers), mod.final, latents)
+        x, cos, sin = self.embed_image(latents, caption, mod)
+        return self.unembed(self.main_stack(x, cos, sin, mod), latents.shape, mod)

@@ -3,7 +3,8 @@
 Names follow the diffusers checkpoint; the only change at load is the convolution weight layout,
 (out, in, kh, kw) in PyTorch and (out, kh, kw, in) in MLX. Group norms compute their statistics in
 float32 whatever the activation dtype: over a 1024x1024 feature map a bf16 mean would drift.
-On a GPU `decode` is compiled (per shape) so that the norms, activations and residual adds fuse.
+Decoding runs block by block and large convolutions in strips, to bound the scratch memory that
+MLX's patch-unfolding convolutions need at full resolution.
 """
 
 from dataclasses import dataclass
@@ -69,13 +70,43 @@ class GroupNorm(nn.Module):
         return y * self.weight + self.bias
 
 
+class Conv2d(nn.Conv2d):
+    """A stride-1 convolution that works through large inputs in strips of rows.
+
+    MLX lowers a convolution to a matrix product over unfolded patches, kh * kw times the input's
+    size: at 1024x1024 with 256 channels that is 4.8 GB for one 3x3 convolution. Strips with a halo
+    of `kh // 2` rows give every output pixel the same inputs and bound that scratch memory.
+    """
+
+    SCRATCH_BYTES = 512 * 2**20  # unfolded patches per strip (the decoder is evaluated eagerly for this)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, h, w, c = x.shape
+        kh, kw = self.weight.shape[1:3]
+        per_row = b * w * kh * kw * c * x.dtype.size
+        if kh == 1 or self.stride != (1, 1) or per_row * h <= self.SCRATCH_BYTES:
+            return super().__call__(x)
+        pad = self.padding[0]
+        rows = max(1, self.SCRATCH_BYTES // per_row)
+        strips = []
+        for top in range(0, h, rows):
+            bottom = min(h, top + rows)
+            lo, hi = max(0, top - pad), min(h, bottom + pad)
+            strip = mx.pad(x[:, lo:hi], [(0, 0), (pad - (top - lo), pad - (hi - bottom)), (0, 0), (0, 0)])
+            out = mx.conv2d(strip, self.weight, padding=(0, self.padding[1]))
+            out = out + self.bias if "bias" in self else out
+            mx.eval(out)  # one strip's scratch at a time: lazily, MLX would schedule them all at once
+            strips.append(out)
+        return mx.concatenate(strips, axis=1)
+
+
 class ResnetBlock2D(nn.Module):
     def __init__(self, in_c: int, out_c: int, groups: int):
         super().__init__()
         self.norm1 = GroupNorm(groups, in_c)
-        self.conv1 = nn.Conv2d(in_c, out_c, 3, padding=1)
+        self.conv1 = Conv2d(in_c, out_c, 3, padding=1)
         self.norm2 = GroupNorm(groups, out_c)
-        self.conv2 = nn.Conv2d(out_c, out_c, 3, padding=1)
+        self.conv2 = Conv2d(out_c, out_c, 3, padding=1)
         if in_c != out_c:
             self.conv_shortcut = nn.Conv2d(in_c, out_c, 1)
 
@@ -122,7 +153,7 @@ class MidBlock(nn.Module):
 class Upsample2D(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
         b, h, w, c = x.shape
@@ -169,7 +200,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: VaeConfig):
         super().__init__()
         ch, g = cfg.block_out_channels, cfg.norm_num_groups
-        self.conv_in = nn.Conv2d(cfg.latent_channels, ch[-1], 3, padding=1)
+        self.conv_in = Conv2d(cfg.latent_channels, ch[-1], 3, padding=1)
         self.mid_block = MidBlock(ch[-1], g, cfg.mid_block_add_attention)
         rev = list(reversed(ch))
         self.up_blocks = [
@@ -177,12 +208,13 @@ class Decoder(nn.Module):
             for i, c in enumerate(rev)
         ]
         self.conv_norm_out = GroupNorm(g, ch[0])
-        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+        self.conv_out = Conv2d(ch[0], cfg.out_channels, 3, padding=1)
 
     def __call__(self, z: mx.array) -> mx.array:
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
+            mx.eval(x)  # block by block: what one block needs is freed before the next, larger one
         return self.conv_out(nn.silu(self.conv_norm_out(x)))
 
 
@@ -190,14 +222,14 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VaeConfig):
         super().__init__()
         ch, g = cfg.block_out_channels, cfg.norm_num_groups
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.conv_in = Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         self.down_blocks = [
             DownEncoderBlock2D(ch[max(i - 1, 0)], c, cfg.layers_per_block, g, downsample=i < len(ch) - 1)
             for i, c in enumerate(ch)
         ]
         self.mid_block = MidBlock(ch[-1], g, cfg.mid_block_add_attention)
         self.conv_norm_out = GroupNorm(g, ch[-1])
-        self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
+        self.conv_out = Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
         x = self.conv_in(x)
@@ -213,17 +245,9 @@ class AutoencoderKL(nn.Module):
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self._decode = None
 
     def decode(self, latents: mx.array) -> mx.array:
         """Latents (B, C, h, w), diffusers' layout -> images (B, H, W, 3) in [-1, 1]."""
-        if mx.default_device() != mx.gpu:
-            return self._decode_eager(latents)
-        if self._decode is None:
-            self._decode = mx.compile(self._decode_eager)
-        return self._decode(latents)
-
-    def _decode_eager(self, latents: mx.array) -> mx.array:
         z = latents / self.config.scaling_factor + self.config.shift_factor
         return self.decoder(z.transpose(0, 2, 3, 1))
 

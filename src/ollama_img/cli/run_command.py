@@ -1,0 +1,316 @@
+"""`ollama-img run MODEL [PROMPT]`: generate with the engine (started if needed), show progress, save.
+
+The prompt comes from the arguments, else from stdin when it is piped; with neither, on a terminal,
+an interactive loop asks for one prompt per image. Ctrl-C closes the stream, which cancels the job in
+the engine; nothing is saved and the exit status is 130.
+"""
+
+import base64
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from ollama_img import viewer
+from ollama_img.cli import outputs
+from ollama_img.cli.app import OPTIONAL_VALUES, app
+from ollama_img.cli.completion import complete_model_names
+from ollama_img.cli.progress import make_progress
+from ollama_img.errors import UserError
+from ollama_img.keepalive import parse_keepalive
+from ollama_img.names import ModelName
+from ollama_img.teacache import DEFAULT_THRESHOLD
+
+NS = 1e9
+INTERACTIVE_HELP = """Available commands:
+  /bye            Exit
+  /?, /help       Show this help
+Anything else is a prompt: one image per line."""
+
+
+@dataclass
+class RunOptions:
+    model: str
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    seed: int | None = None
+    guidance: float | None = None
+    negative: str | None = None
+    teacache: float | None = None
+    output: str | None = None
+    count: int = 1
+    no_open: bool = False
+    keepalive: str | None = None
+    json: bool = False
+
+    def request(self, prompt: str | None) -> dict:
+        """The /api/generate body; no prompt asks the engine to load the model only."""
+        body = {"model": self.model}
+        if prompt is not None:
+            body["prompt"] = prompt
+            fields = {
+                "width": self.width,
+                "height": self.height,
+                "steps": self.steps,
+                "seed": self.seed,
+                "guidance": self.guidance,
+                "negative_prompt": self.negative,
+                "teacache": self.teacache,
+            }
+            body.update({k: v for k, v in fields.items() if v is not None})
+            if self.count != 1:
+                body["n"] = self.count
+        if self.keepalive is not None:
+            body["keep_alive"] = self.keepalive
+        return body
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    from ollama_img.engine.params import parse_size as parse
+
+    return parse(size)
+
+
+def should_open(options: RunOptions, stdout_is_tty: bool) -> bool:
+    """Open the viewer only for a person at a terminal with a display, and only when not told otherwise."""
+    if options.no_open or options.json or options.output == outputs.STDOUT or not stdout_is_tty:
+        return False
+    return not viewer.disabled_by_env() and viewer.has_display()
+
+
+def engine_events(body: dict) -> Iterator[dict]:
+    """The engine's events for one request, starting the engine if none runs.
+
+    An engine that exits (idle) just as we connect is started again, once.
+    """
+    from ollama_img.engine.client import EngineUnavailable, connect
+
+    for attempt in range(2):
+        with connect(start=True) as client:
+            try:
+                with contextlib.closing(client.generate(body)) as events:
+                    yield from events
+                return
+            except EngineUnavailable:
+                if attempt:
+                    raise
+
+
+def generate(options: RunOptions, prompt: str | None) -> dict:
+    """Run one request with progress on stderr; returns the engine's final object."""
+    progress = make_progress(sys.stderr)
+    try:
+        with contextlib.closing(engine_events(options.request(prompt))) as events:
+            for event in events:
+                if event.get("done"):
+                    return event
+                progress.update(event)
+    finally:
+        progress.close()
+    raise UserError("the engine ended the stream without a result")
+
+
+def report(options: RunOptions, prompt: str, final: dict, paths: list[Path]):
+    if options.json:
+        seeds = final.get("seeds", [])
+        summary = {
+            "model": final.get("model"),
+            "digest": final.get("digest"),
+            "prompt": prompt,
+            "paths": [str(p) for p in paths],
+            "seeds": seeds,
+            "images": [{"path": str(p), "seed": s} for p, s in zip(paths, seeds, strict=False)],
+            "width": final.get("width"),
+            "height": final.get("height"),
+            "steps": final.get("steps"),
+            "guidance": final.get("guidance"),
+            "durations": {
+                key: round(final.get(f"{key}_duration", 0) / NS, 4)
+                for key in ("total", "load", "queue", "generate")
+            },
+        }
+        print(json.dumps(summary))
+        return
+    stream = sys.stderr if options.output == outputs.STDOUT else sys.stdout
+    for path in paths:
+        print(f"Image saved to: {path}", file=stream, flush=True)
+
+
+def generate_and_save(options: RunOptions, prompt: str):
+    final = generate(options, prompt)
+    pngs = [base64.b64decode(b64) for b64 in final.get("images", [])]
+    if not pngs:
+        raise UserError("the engine returned no image")
+    if options.output == outputs.STDOUT:
+        sys.stdout.buffer.write(pngs[0])
+        sys.stdout.buffer.flush()
+        paths = []
+    else:
+        paths = outputs.save(pngs, final.get("seeds", []), options.model, options.output)
+    report(options, prompt, final, paths)
+    if paths and should_open(options, sys.stdout.isatty()):
+        for path in paths:
+            viewer.open_image(path)
+
+
+def interactive(options: RunOptions):
+    """`>>> ` prompts until /bye or Ctrl-D; Ctrl-C cancels the image being made, not the session."""
+    if options.output not in (None,) and not outputs.is_folder(options.output):
+        raise UserError("in interactive mode -o must be a folder (each prompt makes a new file)")
+    generate(options, None)  # load the model now (and fail now if it does not exist)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print()
+            return
+        except KeyboardInterrupt:
+            print("\nUse Ctrl + d or /bye to exit.")
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/bye", "/exit", "/quit"):
+            return
+        if text in ("/?", "/help"):
+            print(INTERACTIVE_HELP)
+            continue
+        if text.startswith("/"):
+            print(f"Unknown command '{text.split()[0]}'. Type /? for help")
+            continue
+        try:
+            generate_and_save(options, text)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+        except UserError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+
+
+def build_options(
+    model,
+    width,
+    height,
+    size,
+    steps,
+    seed,
+    guidance,
+    negative,
+    output,
+    count,
+    no_open,
+    keepalive,
+    format_,
+    teacache=None,
+) -> RunOptions:
+    """Check the flags before anything starts, so mistakes cost nothing."""
+    if os.sep in model and Path(model).expanduser().is_dir():
+        raise UserError(
+            f"run takes a model name, not a folder; import it first: ollama-img create NAME -f {model}"
+        )
+    model = str(ModelName.parse(model))
+    if size is not None:
+        if width is not None or height is not None:
+            raise UserError("use --size or --width/--height, not both")
+        width, height = parse_size(size)
+    if format_ is not None and format_ != "json":
+        raise UserError(f"unsupported --format {format_!r}: the only format is json")
+    if keepalive is not None:
+        parse_keepalive(keepalive)
+    if teacache is not None and teacache < 0:
+        raise UserError(f"--teacache must be >= 0, got {teacache:g}")
+    if output == outputs.STDOUT and format_ == "json":
+        raise UserError("-o - and --format json both write to stdout; choose one")
+    if output == outputs.STDOUT and sys.stdout.isatty():
+        raise UserError(
+            "refusing to write PNG bytes to a terminal: redirect stdout (-o - > image.png) or pipe it"
+        )
+    outputs.check_output(output, count)
+    return RunOptions(
+        model=model,
+        width=width,
+        height=height,
+        steps=steps,
+        seed=seed,
+        guidance=guidance,
+        negative=negative,
+        output=output,
+        count=count,
+        no_open=no_open,
+        keepalive=keepalive,
+        json=format_ == "json",
+        teacache=teacache,
+    )
+
+
+OPTIONAL_VALUES["--teacache"] = str(DEFAULT_THRESHOLD)
+
+
+@app.command("run")
+def run(
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="Model name, e.g. z-image.", autocompletion=complete_model_names
+    ),
+    prompt: list[str] | None = typer.Argument(
+        None,
+        metavar="PROMPT",
+        help="What the image should show. Read from stdin when piped; interactive when omitted.",
+    ),
+    width: int | None = typer.Option(None, "--width", help="Image width in pixels (a multiple of 16)."),
+    height: int | None = typer.Option(None, "--height", help="Image height in pixels (a multiple of 16)."),
+    size: str | None = typer.Option(None, "--size", help="WIDTHxHEIGHT, e.g. 1024x768."),
+    steps: int | None = typer.Option(None, "--steps", help="Denoising steps (default: the model's)."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed, for reproducible images."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Guidance scale (default: the model's)."),
+    negative: str | None = typer.Option(None, "--negative", help="Negative prompt: what to avoid."),
+    output: str | None = typer.Option(
+        None, "--output", "-o", help="A file, a folder, or - for PNG bytes on stdout (default: this folder)."
+    ),
+    count: int = typer.Option(
+        1, "--count", "-n", min=1, max=10, help="Number of images (seeds seed, seed+1, ...)."
+    ),
+    no_open: bool = typer.Option(False, "--no-open", help="Do not open the image in a viewer."),
+    keepalive: str | None = typer.Option(
+        None, "--keepalive", help="How long the model stays loaded afterwards: 5m, 1h, 0, -1 (forever)."
+    ),
+    format_: str | None = typer.Option(
+        None, "--format", help="json: print one JSON object (paths, seeds, timings)."
+    ),
+    teacache: float | None = typer.Option(
+        None,
+        "--teacache",
+        metavar="[THRESHOLD]",
+        help=f"Skip transformer passes on steps that change little (TeaCache); alone: {DEFAULT_THRESHOLD}, 0: off.",
+    ),
+):
+    """Generate images from a prompt (starts the engine if needed)."""
+    options = build_options(
+        model,
+        width,
+        height,
+        size,
+        steps,
+        seed,
+        guidance,
+        negative,
+        output,
+        count,
+        no_open,
+        keepalive,
+        format_,
+        teacache,
+    )
+    text = " ".join(prompt) if prompt else None
+    if text is None and not sys.stdin.isatty():
+        text = sys.stdin.read()
+    if text is None:
+        interactive(options)
+        return
+    if not text.strip():
+        raise UserError("empty prompt: say what the image should show")
+    generate_and_save(options, text.strip())

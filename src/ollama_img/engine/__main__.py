@@ -1,0 +1,3 @@
+from ollama_img.engine.main import main
+
+main()

@@ -1,0 +1,78 @@
+"""What the engine asks the model store: does a model exist (and which version), and what to list/show.
+
+Kept in one place so the HTTP routes never depend on the store's internals.
+"""
+
+from datetime import UTC, datetime
+
+from ollama_img.names import ModelName
+
+
+def _store():
+    from ollama_img.store import Store
+
+    return Store()
+
+
+def resolve(name: str) -> str | None:
+    """The manifest digest of a model, or NotFound (404) with the store's hint."""
+    return _store().manifest(name).digest
+
+
+def short_id(digest: str | None) -> str:
+    """The 12-hex-digit ID that `list` and `ps` show."""
+    if not digest:
+        return ""
+    return digest.split(":", 1)[-1][:12]
+
+
+def canonical(name: str) -> str:
+    return str(ModelName.parse(name))
+
+
+def tags() -> list[dict]:
+    """Every readable model in the store, as ollama's /api/tags lists them."""
+    models = []
+    for entry in _store().list():
+        if entry.manifest is None:
+            continue
+        name = str(entry.name)
+        manifest = entry.manifest
+        models.append(
+            {
+                "name": name,
+                "model": name,
+                "modified_at": datetime.fromtimestamp(entry.modified, UTC).isoformat().replace("+00:00", "Z"),
+                "size": manifest.total_size,
+                "digest": manifest.digest,
+                "details": _details(manifest.config),
+            }
+        )
+    return models
+
+
+def show(name: str) -> dict:
+    """What /api/show answers: the model's details, its config, and its layers."""
+    manifest = _store().manifest(name)
+    return {
+        "name": canonical(name),
+        "digest": manifest.digest,
+        "size": manifest.total_size,
+        "details": _details(manifest.config),
+        "model_info": manifest.config,
+        "layers": [layer.to_json() for layer in manifest.layers],
+    }
+
+
+def _details(config: dict) -> dict:
+    from ollama_img.cli.formatting import human_count
+
+    family = config.get("family")
+    count = config.get("parameter_count")
+    return {
+        "format": config.get("format"),
+        "family": family,
+        "families": [family] if family else [],
+        "parameter_size": human_count(count) if isinstance(count, int) else None,
+        "quantization_level": config.get("quantization"),
+    }

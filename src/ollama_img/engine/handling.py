@@ -1,0 +1,83 @@
+"""How a request becomes a job, and how the job's events reach the client: shared by both APIs.
+
+A client that disconnects (Ctrl-C in `run`) cancels its job: dropped if still queued, stopped at the
+next denoising step if running.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from ollama_img.engine import catalog
+from ollama_img.engine.jobs import Event, Job
+from ollama_img.engine.params import GenerateParams
+from ollama_img.engine.scheduler import Scheduler
+from ollama_img.errors import UserError
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def error_status(exc: Exception) -> int:
+    return getattr(exc, "status", 500) if isinstance(exc, UserError) else 500
+
+
+def error_message(exc: Exception) -> str:
+    if isinstance(exc, UserError):
+        return str(exc)
+    return f"internal error in the engine: {type(exc).__name__}: {exc} (see the engine log)"
+
+
+async def wait_for_disconnect(request: Request):
+    """Return once the client has gone away (the request body must have been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def outcome_unless_disconnected(request: Request, scheduler: Scheduler, job: Job) -> Event | None:
+    """The job's final event, or None after cancelling it because the client left first."""
+    outcome = asyncio.ensure_future(job.outcome())
+    gone = asyncio.ensure_future(wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({outcome, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if outcome in done:
+            return outcome.result()
+        scheduler.cancel(job)
+        return None
+    finally:
+        for task in (outcome, gone):
+            task.cancel()
+
+
+async def events_until_disconnect(request: Request, scheduler: Scheduler, job: Job) -> AsyncIterator[Event]:
+    """The job's events; if the client disconnects (or the stream is torn down), the job is cancelled."""
+
+    def on_gone(task: asyncio.Future):
+        if task.cancelled():
+            return
+        task.exception()  # retrieved, so asyncio does not report it as unhandled
+        scheduler.cancel(job)
+
+    gone = asyncio.ensure_future(wait_for_disconnect(request))
+    gone.add_done_callback(on_gone)
+    try:
+        async for event in job.stream():
+            yield event
+    finally:
+        gone.cancel()
+        if not job.finished:
+            scheduler.cancel(job)
+
+
+async def submit(request: Request, params: GenerateParams) -> tuple[Scheduler, Job]:
+    """Check the model exists (404 otherwise) and that a loaded model can do it (400), then queue it."""
+    scheduler: Scheduler = request.app.state.scheduler
+    digest = await run_in_threadpool(catalog.resolve, params.model)
+    scheduler.check(params)
+    return scheduler, scheduler.submit(params, digest)

@@ -1,0 +1,385 @@
+"""One generation at a time on the device, first come first served; models stay loaded for their keep-alive.
+
+All MLX work (loading, generating, freeing) runs in ONE worker thread: MLX calls block, and arrays are
+best created and used on the same thread. The event loop only keeps the books: the queue, which models
+are loaded and until when, and the events each job sends to its client.
+"""
+
+import asyncio
+import contextlib
+import gc
+import inspect
+import logging
+import math
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ollama_img.engine.jobs import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    LOADING,
+    QUEUED,
+    STEP,
+    Event,
+    Job,
+    JobCancelled,
+    Result,
+    Timings,
+)
+from ollama_img.engine.params import GenerateParams
+from ollama_img.errors import UserError
+from ollama_img.png_meta import Recipe, encode_png
+
+log = logging.getLogger("ollama_img.engine")
+STOP_WAIT = 60.0  # seconds `stop` waits for an idle model's memory to be freed before answering anyway
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline held in memory, and until when it stays if nobody uses it."""
+
+    name: str
+    digest: str | None
+    pipe: Any
+    size: int
+    expires_at: float = math.inf  # time.monotonic() deadline; inf = forever
+    last_used: float = field(default_factory=time.monotonic)
+    busy: bool = False
+    stop_requested: bool = False  # `stop` came while a job ran: unload when it ends
+    unloaded: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def keep_for(self, seconds: float):
+        self.last_used = time.monotonic()
+        self.expires_at = self.last_used + seconds
+
+    def seconds_left(self) -> float:
+        return self.expires_at - time.monotonic()
+
+
+def _release(holder: list):
+    """Drop the last reference to a pipeline on the worker thread and give its memory back."""
+    holder.clear()
+    gc.collect()
+    try:
+        import mlx.core as mx
+
+        mx.clear_cache()
+    except ImportError:  # pragma: no cover - the engine cannot load a model without MLX anyway
+        pass
+
+
+def _generate_defaults(pipe) -> dict:
+    """The pipeline's own defaults (size, steps, guidance): its `defaults` record, else generate()'s signature."""
+    defaults = getattr(pipe, "defaults", None)
+    if defaults is not None:
+        return {
+            k: getattr(defaults, k) for k in ("width", "height", "steps", "guidance") if hasattr(defaults, k)
+        }
+    params = inspect.signature(pipe.generate).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def _default_loader(name: str):
+    from ollama_img import load_pipeline
+
+    return load_pipeline(name)
+
+
+class Scheduler:
+    """The queue, the loaded models, and the single device worker."""
+
+    def __init__(self, *, default_keepalive: float, max_loaded: int = 1, load=_default_loader):
+        self.default_keepalive = default_keepalive
+        self.max_loaded = max(1, max_loaded)
+        self._load = load
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx-worker")
+        self._queue: deque[Job] = deque()
+        self._running: Job | None = None
+        self._loaded: dict[str, LoadedModel] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self):
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run_forever(), name="scheduler")
+
+    async def close(self):
+        """Cancel everything queued or running and free the models (at the next step boundary)."""
+        for job in list(self._queue):
+            self.cancel(job)
+        if self._running is not None:
+            self._running.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        holders = [[m.pipe] for m in self._loaded.values()]
+        self._loaded.clear()
+        for holder in holders:
+            self._worker.submit(_release, holder)
+        self._worker.shutdown(wait=False, cancel_futures=False)
+
+    # -- what the HTTP side asks -----------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """Nothing loaded, queued or running: the engine may exit."""
+        return not self._loaded and not self._queue and self._running is None
+
+    def loaded_models(self) -> list[LoadedModel]:
+        return sorted(self._loaded.values(), key=lambda m: m.name)
+
+    def check(self, params: GenerateParams):
+        """Reject a request the loaded model cannot do, before it waits in the queue."""
+        model = self._loaded.get(params.model)
+        if model is None or not params.prompt:
+            return
+        self._validate(model.pipe, params)
+
+    def submit(self, params: GenerateParams, digest: str | None) -> Job:
+        """Queue a job; its events say where it stands. An empty prompt only loads the model."""
+        job = Job(params=params, digest=digest, loop=asyncio.get_running_loop())
+        busy = self._running is not None or bool(self._queue)
+        self._queue.append(job)
+        if busy:
+            job.emit(Event(QUEUED, position=len(self._queue)))
+        self._wake.set()
+        return job
+
+    def cancel(self, job: Job):
+        """The client went away: drop the job if it waits, or stop it at the next step if it runs."""
+        job.cancel()
+        if job in self._queue:
+            self._queue.remove(job)
+            job.emit(Event(CANCELLED))
+            log.info("job %d cancelled while queued", job.id)
+            self._announce_positions()
+
+    async def stop(self, name: str) -> bool:
+        """Unload a model now, or as soon as its running job ends. False if it was not loaded."""
+        model = self._loaded.get(name)
+        if model is None:
+            return False
+        model.stop_requested = True
+        model.keep_for(0)
+        self._wake.set()
+        if self._running is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(model.unloaded.wait(), STOP_WAIT)
+        return True
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def _run_forever(self):
+        while True:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let one bad unload stop the queue
+                log.exception("scheduler error")
+                await asyncio.sleep(0.1)
+
+    async def _step(self):
+        """Free what expired, then run the next job, or sleep until something happens."""
+        await self._unload_expired()
+        if self._queue:
+            job = self._queue.popleft()
+            self._announce_positions()
+            await self._run(job)
+            return
+        self._wake.clear()
+        deadline = min((m.seconds_left() for m in self._loaded.values()), default=math.inf)
+        timeout = None if math.isinf(deadline) else max(0.0, deadline)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _announce_positions(self):
+        for position, job in enumerate(self._queue, 1):
+            job.emit(Event(QUEUED, position=position))
+
+    async def _in_worker(self, fn, *args):
+        return await self._loop.run_in_executor(self._worker, fn, *args)
+
+    async def _run(self, job: Job):
+        self._running = job
+        timings = Timings(queue=time.monotonic() - job.created)
+        params = job.params
+        keepalive = self.default_keepalive if params.keepalive is None else params.keepalive
+        try:
+            job.check_cancelled()
+            model = await self._ensure_loaded(job, timings)
+            model.busy = True
+            try:
+                job.check_cancelled()
+                started = time.monotonic()
+                images, resolved = (
+                    await self._in_worker(self._generate, job, model) if params.prompt else ([], {})
+                )
+                timings.generate = time.monotonic() - started
+            finally:
+                model.busy = False
+                model.keep_for(0 if model.stop_requested else keepalive)
+            result = await self._result(job, model, images, resolved, timings)
+            job.emit(Event(DONE, result=result))
+            if images:
+                log.info(
+                    "job %d done: %s, %d image(s) %dx%d, %d steps in %.2fs",
+                    job.id,
+                    model.name,
+                    len(images),
+                    resolved["width"],
+                    resolved["height"],
+                    resolved["steps"],
+                    timings.generate,
+                )
+        except JobCancelled:
+            log.info("job %d cancelled", job.id)
+            job.emit(Event(CANCELLED))
+        except UserError as exc:
+            log.info("job %d rejected: %s", job.id, exc)
+            job.emit(Event(FAILED, error=exc))
+        except Exception as exc:
+            log.exception("job %d failed", job.id)
+            job.emit(Event(FAILED, error=exc))
+        finally:
+            self._running = None
+
+    async def _ensure_loaded(self, job: Job, timings: Timings) -> LoadedModel:
+        name = job.params.model
+        current = self._loaded.get(name)
+        if current is not None and (job.digest is None or current.digest == job.digest):
+            return current
+        if current is not None:
+            log.info("%s changed in the store since it was loaded; reloading", name)
+            await self._unload(current)
+        while len(self._loaded) >= self.max_loaded:
+            await self._unload(min(self._loaded.values(), key=lambda m: m.last_used))
+        job.emit(Event(LOADING))
+        started = time.monotonic()
+        log.info("loading %s", name)
+        pipe, size = await self._in_worker(self._load_and_measure, name)
+        timings.load = time.monotonic() - started
+        model = LoadedModel(name=name, digest=getattr(pipe, "digest", None), pipe=pipe, size=size)
+        model.keep_for(self.default_keepalive)
+        self._loaded[name] = model
+        log.info("loaded %s (%d bytes) in %.2fs", name, model.size, timings.load)
+        return model
+
+    async def _unload(self, model: LoadedModel):
+        if self._loaded.get(model.name) is model:
+            del self._loaded[model.name]
+        holder = [model.pipe]
+        model.pipe = None
+        await self._in_worker(_release, holder)
+        model.unloaded.set()
+        log.info("unloaded %s", model.name)
+
+    async def _unload_expired(self):
+        for model in list(self._loaded.values()):
+            if not model.busy and model.seconds_left() <= 0:
+                await self._unload(model)
+
+    # -- on the worker thread --------------------------------------------------------------------
+
+    def _load_and_measure(self, name: str):
+        # MLX streams are per thread: everything that touches the model's arrays stays on the worker.
+        pipe = self._load(name)
+        return pipe, int(pipe.resident_bytes)
+
+    @staticmethod
+    def _resolve(pipe, params: GenerateParams) -> dict:
+        defaults = _generate_defaults(pipe)
+        return {
+            "width": params.width or defaults.get("width", 1024),
+            "height": params.height or defaults.get("height", 1024),
+            "steps": params.steps or defaults.get("steps"),
+            "guidance": defaults.get("guidance", 0.0) if params.guidance is None else params.guidance,
+        }
+
+    def _validate(self, pipe, params: GenerateParams) -> dict:
+        resolved = self._resolve(pipe, params)
+        try:
+            pipe.validate(width=resolved["width"], height=resolved["height"], steps=resolved["steps"])
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return resolved
+
+    def _generate(self, job: Job, model: LoadedModel):
+        params = job.params
+        resolved = self._validate(model.pipe, params)
+        extra = {} if params.teacache is None else {"teacache": params.teacache}
+        first_seed = params.seed if params.seed is not None else _random_seed()
+        resolved["seeds"] = [first_seed + i for i in range(params.n)]
+        images = []
+        for index, seed in enumerate(resolved["seeds"]):
+            job.check_cancelled()
+
+            def on_step(step, total, index=index):
+                job.emit_threadsafe(Event(STEP, completed=index * total + step, total=params.n * total))
+                job.check_cancelled()
+
+            images.append(
+                model.pipe.generate(
+                    params.prompt,
+                    width=resolved["width"],
+                    height=resolved["height"],
+                    steps=resolved["steps"],
+                    guidance=resolved["guidance"],
+                    negative_prompt=params.negative_prompt,
+                    seed=seed,
+                    on_step=on_step,
+                    **extra,
+                )
+            )
+        return images, resolved
+
+    async def _result(self, job: Job, model: LoadedModel, images, resolved, timings) -> Result:
+        params = job.params
+        recipes = [
+            Recipe(
+                prompt=params.prompt,
+                negative_prompt=params.negative_prompt,
+                seed=seed,
+                steps=resolved["steps"],
+                guidance=resolved["guidance"],
+                width=resolved["width"],
+                height=resolved["height"],
+                model=model.name,
+                digest=model.digest,
+                teacache=params.teacache,
+            )
+            for seed in resolved.get("seeds", [])
+        ]
+        # PNG compression is CPU work, not device work: keep it off the MLX worker.
+        pngs = await asyncio.gather(
+            *(
+                self._loop.run_in_executor(None, encode_png, image, recipe)
+                for image, recipe in zip(images, recipes, strict=True)
+            )
+        )
+        return Result(
+            model=model.name,
+            digest=model.digest,
+            pngs=list(pngs),
+            seeds=resolved.get("seeds", []),
+            width=resolved.get("width", 0),
+            height=resolved.get("height", 0),
+            steps=resolved.get("steps", 0),
+            guidance=resolved.get("guidance", 0.0),
+            timings=timings,
+        )
+
+
+def _random_seed() -> int:
+    """A seed short enough to read back and type again."""
+    import secrets
+
+    return secrets.randbelow(2**32)

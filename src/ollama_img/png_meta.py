@@ -1,0 +1,67 @@
+"""PNG files that carry their recipe: prompt, seed, steps and the rest, in PNG text chunks.
+
+Anyone holding the file can see (and reproduce) how it was made, with any PNG tool (`exiftool`, PIL's
+`Image.open(f).text`). Keys are plain words; values are text.
+"""
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from ollama_img import __version__
+
+SOFTWARE = f"ollama-img {__version__}"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one image was made."""
+
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    model: str
+    digest: str | None
+    teacache: float | None = None
+
+    def text_chunks(self) -> dict[str, str]:
+        chunks = {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt or "",
+            "seed": str(self.seed),
+            "steps": str(self.steps),
+            "guidance": repr(float(self.guidance)),
+            "size": f"{self.width}x{self.height}",
+            "model": self.model,
+            "model_digest": self.digest or "",
+            "version": __version__,
+            "Software": SOFTWARE,
+        }
+        if self.teacache is not None:
+            chunks["teacache"] = repr(float(self.teacache))
+        return chunks
+
+
+def encode_png(image: Image.Image, recipe: Recipe) -> bytes:
+    """The image as PNG bytes with the recipe in text chunks (iTXt where the text is not Latin-1)."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in recipe.text_chunks().items():
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_png_text(source: bytes | str | Path) -> dict[str, str]:
+    """The text chunks of a PNG file or PNG bytes."""
+    if isinstance(source, bytes | bytearray):
+        source = io.BytesIO(source)
+    with Image.open(source) as image:
+        image.load()
+        return dict(image.text)
