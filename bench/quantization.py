@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import re
 import shutil
 import statistics
@@ -50,7 +49,7 @@ from tests.fixtures.zimage_folder import (  # noqa: E402
     vae_tensors,
 )
 
-from bench.results import replace_section  # noqa: E402
+from bench.results import cpu_model, replace_section  # noqa: E402
 from ollama_img.quantization import (  # noqa: E402
     DEQUANTIZE_AT_LOAD,
     QUANTIZED_MATMUL,
@@ -138,7 +137,7 @@ def psnr(image, ref) -> float:
 def device_name() -> str:
     mx = _mx()
     if mx.default_device() != mx.gpu:
-        return f"CPU ({_cpu_name()}, {_cores()} cores)"
+        return f"CPU ({cpu_model()}, {_cores()} cores)"
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
@@ -149,16 +148,6 @@ def device_name() -> str:
         return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         return "GPU (Metal)" if sys.platform == "darwin" else "GPU"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _cores() -> int:
