@@ -38,7 +38,7 @@ def timed(fn, runs=10) -> float:
 
 
 def rope_variants(res):
-    from ollama_img.models.zimage.transformer import apply_rope
+    from ollama_img.models.zimage.attention_prep import rope as apply_rope
 
     x = mx.random.normal((1, N, HEADS, HD)).astype(BF)
     cos = mx.random.uniform(shape=(N, HD // 2))

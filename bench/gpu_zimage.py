@@ -196,7 +196,7 @@ def cmd_diffusers(args):
     sync = torch.cuda.synchronize
     cold = drop_page_cache()
     t0 = time.perf_counter()
-    pipe = ZImagePipeline.from_pretrained(args.dir, torch_dtype=torch.bfloat16).to(dev)
+    pipe = ZImagePipeline.from_pretrained(args.dir, dtype=torch.bfloat16).to(dev)
     sync()
     res["load_s"] = time.perf_counter() - t0
     res["load_cold"] = cold

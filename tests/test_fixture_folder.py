@@ -44,7 +44,7 @@ def test_diffusers_loads_every_tensor_of_the_fixture(tmp_path, variant):
             load_file(folder / "vae/diffusion_pytorch_model.safetensors")["decoder.conv_in.weight"].dtype
             == np.float32
         )
-    pipe = ZImagePipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    pipe = ZImagePipeline.from_pretrained(folder, dtype=torch.float32)
 
     for component in ("transformer", "text_encoder", "vae"):
         on_disk = _load_component_tensors(folder / component)

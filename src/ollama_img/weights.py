@@ -43,8 +43,6 @@ class WeightSource(Protocol):
 
     def weights(self, component: str) -> ComponentWeights: ...
 
-    def tensors(self, component: str) -> dict[str, mx.array]: ...
-
 
 class FolderSource:
     """A model folder in the Hugging Face diffusers layout."""
@@ -65,9 +63,6 @@ class FolderSource:
         if text is None:
             raise UserError(f"{self.label}: {relpath} is missing")
         return _parse_json(text, f"{self.label}/{relpath}")
-
-    def tensors(self, component: str) -> dict[str, mx.array]:
-        return self.weights(component).tensors
 
     def weights(self, component: str) -> ComponentWeights:
         mx = require_mlx()
@@ -111,9 +106,6 @@ class StoreSource:
         if text is None:
             raise UserError(f"{self.label}: the store has no {relpath} for this model")
         return _parse_json(text, f"{self.label}:{relpath}")
-
-    def tensors(self, component: str) -> dict[str, mx.array]:
-        return self.weights(component).tensors
 
     def weights(self, component: str) -> ComponentWeights:
         from ollama_img.store import PLAIN_TENSOR_NAME, TENSOR_MEDIA_TYPE

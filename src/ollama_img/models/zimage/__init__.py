@@ -148,7 +148,7 @@ def load(
 
     vae_cfg = _config(VaeConfig.from_dict, source.read_json("vae/config.json"), source.label)
     vae = AutoencoderKL(vae_cfg)
-    _load_module(vae, vae.sanitize(source.tensors("vae")), dtype, f"{source.label} vae")
+    _load_module(vae, vae.sanitize(source.weights("vae").tensors), dtype, f"{source.label} vae")
 
     return ZImagePipeline(
         tokenizer=tokenizer,

@@ -36,6 +36,15 @@ class GenerationStats:
 
 
 @dataclass(frozen=True)
+class Branch:
+    """One transformer pass of a step: its caption(s) and how many copies of the latents it takes."""
+
+    name: str  # the TeaCache residual it uses
+    caption: Caption
+    batch: int
+
+
+@dataclass(frozen=True)
 class Defaults:
     """Z-Image-Turbo's recipe: 9 steps (8 effective), no guidance."""
 
@@ -134,10 +143,10 @@ class ZImagePipeline:
         self,
         prompt: str,
         *,
-        width: int = 1024,
-        height: int = 1024,
-        steps: int = 9,
-        guidance: float = 0.0,
+        width: int = Defaults.width,
+        height: int = Defaults.height,
+        steps: int = Defaults.steps,
+        guidance: float = Defaults.guidance,
         negative_prompt: str | None = None,
         seed: int | None = None,
         latents: np.ndarray | None = None,
@@ -169,18 +178,23 @@ class ZImagePipeline:
 
         use_cfg = guidance > 0
         positive = self._caption(self.encode_prompt(prompt))
-        negative = self._caption(self.encode_prompt(negative_prompt or "")) if use_cfg else None
+        plain = [Branch("positive", positive, 1)]
+        guided = (
+            self._guided_branches(positive, self._caption(self.encode_prompt(negative_prompt or "")))
+            if use_cfg
+            else plain
+        )
 
         seq_len = (x.shape[2] // PATCH) * (x.shape[3] // PATCH)
         sig = scheduler.sigmas(self.scheduler_config, steps, seq_len)
         times = scheduler.model_times(sig)
         mods = self.transformer.modulations(mx.array(times), self.dtype)
-        cache = TeaCache(teacache, steps) if teacache is not None else None
+        cache = TeaCache(teacache, steps) if teacache else None  # threshold 0: never skips, so off
         done = None  # the previous step's latents: waited for while the current step runs
         for i in range(steps):
             scale = guidance if use_cfg and times[i] <= cfg_truncation else 0.0
-            neg = negative if scale > 0 else None
-            velocity = self._velocity(i, x, mods[i], positive, neg, scale, cfg_normalization, cache)
+            branches = guided if scale > 0 else plain
+            velocity = self._velocity(i, x, mods[i], branches, scale, cfg_normalization, cache)
             x = x + float(sig[i + 1] - sig[i]) * -velocity
             mx.async_eval(x)
             if done is not None:
@@ -202,35 +216,32 @@ class ZImagePipeline:
         mx.eval(caption.tokens)
         return caption
 
+    @staticmethod
+    def _guided_branches(positive: Caption, negative: Caption) -> list[Branch]:
+        """Both branches as one batch when their captions pad to the same length (each sequence attends
+        only to itself, so batching changes nothing), else one after the other. Built once per generation."""
+        if positive.padded_len == negative.padded_len:
+            both = Caption(mx.concatenate([positive.tokens, negative.tokens]), positive.cos, positive.sin)
+            return [Branch("both", both, 2)]
+        return [Branch("positive", positive, 1), Branch("negative", negative, 1)]
+
     def _velocity(
         self,
         step: int,
         x: mx.array,
         mod: Modulation,
-        positive: Caption,
-        negative: Caption | None,
+        branches: list[Branch],
         scale: float,
         norm: float,
         cache: TeaCache | None,
     ) -> mx.array:
-        """The (guided) velocity, float32.
-
-        With guidance both branches run as one batch when their captions pad to the same length (each
-        sequence attends only to itself, so batching changes nothing), else one after the other.
-        """
+        """The velocity, float32: guided (positive and negative outputs combined) when there are two."""
         parts = self.transformer.compiled if self.compile else self.transformer
         latents = x.astype(self.dtype)
-        if negative is None:
-            branches = [("positive", latents, positive)]
-        elif positive.padded_len == negative.padded_len:
-            both = Caption(mx.concatenate([positive.tokens, negative.tokens]), positive.cos, positive.sin)
-            branches = [("both", mx.concatenate([latents, latents]), both)]
-        else:
-            branches = [("positive", latents, positive), ("negative", latents, negative)]
-
         outputs, compute = [], None
-        for name, lat, caption in branches:
-            h, cos, sin = parts.embed_image(lat, caption, mod)
+        for branch in branches:
+            lat = latents if branch.batch == 1 else mx.concatenate([latents] * branch.batch)
+            h, cos, sin = parts.embed_image(lat, branch.caption, mod)
 
             def stack(h, cos=cos, sin=sin):
                 return parts.main_stack(h, cos, sin, mod)
@@ -241,10 +252,10 @@ class ZImagePipeline:
                 if compute is None:  # one decision per step, from the first branch's modulated input
                     first = self.transformer.layers[0]
                     compute = cache.decide(step, mx.fast.rms_norm(h, mod.layers[0][0], first.eps))
-                out = cache.run(name, compute, h, stack)
+                out = cache.run(branch.name, compute, h, stack)
             outputs.append(parts.unembed(out, lat.shape, mod).astype(mx.float32))
 
-        if negative is None:
+        if len(outputs) == 1 and branches[0].batch == 1:
             return outputs[0]
         pos, neg = mx.split(outputs[0], 2) if len(outputs) == 1 else outputs
         pred = pos + scale * (pos - neg)
