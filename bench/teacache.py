@@ -94,35 +94,33 @@ def fit(pipe, size: int) -> list[float]:
     """Fit output-change = P(indicator-change) over the prompts' step-to-step changes (degree 4)."""
     import mlx.core as mx
 
-    from ollama_img import teacache
+    from ollama_img.teacache import TeaCache
+
+    def rel_change(new, old) -> float:
+        return float((mx.abs(new - old).mean() / mx.abs(old).mean()).item())
 
     xs, ys = [], []
-    original = teacache.TeaCache.run
 
-    class Probe(teacache.TeaCache):
+    class Probe(TeaCache):
+        """Runs every step and records how much the indicator and the stack's output changed."""
+
+        previous_out = None
+
         def decide(self, step, indicator):
             if self._previous is not None:
-                prev = self._previous
-                xs.append(float((mx.abs(indicator - prev).mean() / mx.abs(prev).mean()).item()))
+                xs.append(rel_change(indicator, self._previous))
             self._previous = indicator
             return True
 
         def run(self, branch, compute, x, stack):
-            out = original(self, branch, True, x, stack)
-            prev = getattr(self, "_prev_out", None)
-            if prev is not None:
-                ys.append(float((mx.abs(out - prev).mean() / mx.abs(prev).mean()).item()))
-            self._prev_out = out
+            out = super().run(branch, True, x, stack)
+            if self.previous_out is not None:
+                ys.append(rel_change(out, self.previous_out))
+            self.previous_out = out
             return out
 
-    import ollama_img.models.zimage.pipeline as zp
-
-    zp.TeaCache = Probe
-    try:
-        for i, prompt in enumerate(PROMPTS):
-            pipe.generate(prompt, width=size, height=size, steps=30, seed=i, teacache=1.0)
-    finally:
-        zp.TeaCache = teacache.TeaCache
+    for i, prompt in enumerate(PROMPTS):
+        pipe.generate(prompt, width=size, height=size, steps=30, seed=i, teacache=Probe(1.0, 30))
     return list(np.polyfit(np.array(xs), np.array(ys), 4))
 
 

@@ -17,7 +17,7 @@ def _inputs(b=2, length=96, heads=3, head_dim=128, dtype=mx.float32):
 
 def test_reference_path_normalises_rotates_and_transposes():
     qkv, wq, wk, cos, sin, heads = _inputs(b=1, length=5, heads=2, head_dim=8)
-    q, k, v = attention_prep._reference(qkv, wq, wk, cos, sin, heads, 1e-5)
+    q, k, v = attention_prep.qk_norm_rope_plain(qkv, wq, wk, cos, sin, heads, 1e-5)
     assert q.shape == k.shape == v.shape == (1, 2, 5, 8)
     x = np.array(qkv).reshape(1, 5, 3, 2, 8)
     np.testing.assert_array_equal(np.array(v), x[:, :, 2].transpose(0, 2, 1, 3))
@@ -34,7 +34,7 @@ def test_reference_path_normalises_rotates_and_transposes():
 def test_cuda_kernel_matches_the_reference(dtype):
     qkv, wq, wk, cos, sin, heads = _inputs(dtype=dtype)
     got = attention_prep.qk_norm_rope(qkv, wq, wk, cos, sin, heads, 1e-5)
-    want = attention_prep._reference(qkv, wq, wk, cos, sin, heads, 1e-5)
+    want = attention_prep.qk_norm_rope_plain(qkv, wq, wk, cos, sin, heads, 1e-5)
     tol = 1e-5 if dtype == mx.float32 else 1e-2
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape and g.dtype == w.dtype

@@ -86,7 +86,8 @@ def rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     return out.reshape(b, length, h, d)
 
 
-def _reference(qkv, q_weight, k_weight, cos, sin, n_heads: int, eps: float):
+def qk_norm_rope_plain(qkv, q_weight, k_weight, cos, sin, n_heads: int, eps: float):
+    """The same as the CUDA kernel in plain MLX ops: the CPU and Metal path, and the kernel's test reference."""
     b, length, three_dim = qkv.shape
     q, k, v = mx.split(qkv.reshape(b, length, 3, n_heads, -1), 3, axis=2)
     q, k, v = (t.squeeze(2) for t in (q, k, v))
@@ -111,7 +112,7 @@ def qk_norm_rope(
     b, length, three_dim = qkv.shape
     head_dim = three_dim // (3 * n_heads)
     if not use_cuda_kernel() or head_dim % (16 * (16 // qkv.dtype.size)):
-        return _reference(qkv, q_weight, k_weight, cos, sin, n_heads, eps)
+        return qk_norm_rope_plain(qkv, q_weight, k_weight, cos, sin, n_heads, eps)
     shape = (b, n_heads, length, head_dim)
     return _cuda_kernel(eps)(
         inputs=[qkv, q_weight.astype(qkv.dtype), k_weight.astype(qkv.dtype), cos, sin],

@@ -153,7 +153,7 @@ class ZImagePipeline:
         on_step: StepCallback | None = None,
         cfg_normalization: float = 0.0,
         cfg_truncation: float = 1.0,
-        teacache: float | None = None,
+        teacache: float | TeaCache | None = None,
         stats: GenerationStats | None = None,
     ) -> mx.array:
         """The final latents. `latents` (1, 16, height // 8, width // 8) float32 replaces the seeded noise.
@@ -189,7 +189,10 @@ class ZImagePipeline:
         sig = scheduler.sigmas(self.scheduler_config, steps, seq_len)
         times = scheduler.model_times(sig)
         mods = self.transformer.modulations(mx.array(times), self.dtype)
-        cache = TeaCache(teacache, steps) if teacache else None  # threshold 0: never skips, so off
+        if isinstance(teacache, TeaCache):  # a caller's own cache (bench/teacache.py --fit probes with one)
+            cache = teacache
+        else:  # threshold 0 never skips, so it is off
+            cache = TeaCache(teacache, steps) if teacache else None
         done = None  # the previous step's latents: waited for while the current step runs
         for i in range(steps):
             scale = guidance if use_cfg and times[i] <= cfg_truncation else 0.0
