@@ -1,11 +1,13 @@
 """Every bad input: one clear line on stderr, a non-zero exit, and the store exactly as it was."""
 
 import json
+import os
 import shutil
 import struct
 
 import pytest
 
+from ollama_img.store import write_bytes_blob
 from tests.conftest import snapshot
 
 
@@ -45,6 +47,11 @@ def _damage(folder, what):
         index["_class_name"] = "StableDiffusionXLPipeline"
         (folder / "model_index.json").write_text(json.dumps(index))
         return ["unsupported architecture", "StableDiffusionXLPipeline", "ZImagePipeline"]
+    if what == "_class_name not a string":
+        index = json.loads((folder / "model_index.json").read_text())
+        index["_class_name"] = ["x"]
+        (folder / "model_index.json").write_text(json.dumps(index))
+        return ["unsupported architecture ['x']", "ZImagePipeline"]
     if what == "no _class_name":
         (folder / "model_index.json").write_text("{}")
         return ["_class_name"]
@@ -102,6 +109,7 @@ DAMAGE = [
     "no model_index.json",
     "model_index.json not JSON",
     "unknown _class_name",
+    "_class_name not a string",
     "no _class_name",
     "missing component folder",
     "missing config file",
@@ -189,3 +197,99 @@ def test_missing_model_in_a_store_that_does_not_exist(store, cli):
 def test_show_of_a_model_whose_config_blob_is_gone(populated, cli):
     populated.blob_path(populated.manifest("z-image").config_digest).unlink()
     _fails_cleanly(cli, populated, ["show", "z-image"], "damaged", "config blob")
+
+
+def test_cp_onto_itself_changes_nothing(populated, cli):
+    path = populated.manifest_path("z-image")
+    old = path.stat().st_mtime_ns - 10**9
+    os.utime(path, ns=(old, old))
+    for destination in ("z-image", "registry.ollama.ai/library/Z-Image:latest"):
+        _fails_cleanly(
+            cli, populated, ["cp", "z-image", destination], "cannot copy 'z-image:latest' onto itself"
+        )
+    assert path.stat().st_mtime_ns == old
+
+
+def _edit_manifest(store, name, edit):
+    path = store.manifest_path(name)
+    doc = json.loads(path.read_bytes())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _edit_config(store, name, edit):
+    """Point the model at a new config blob: its config, edited (`edit` returns the new document)."""
+    config = edit(store.manifest(name).config)
+    blob = write_bytes_blob(store.blobs_dir, json.dumps(config).encode())
+
+    def point(doc):
+        doc["config"].update(digest=blob.digest, size=blob.size)
+
+    _edit_manifest(store, name, point)
+
+
+def _set(key, value):
+    def edit(config):
+        config[key] = value
+        return config
+
+    return edit
+
+
+def _set_in_vae(key, value):
+    def edit(config):
+        config["components"]["vae"][key] = value
+        return config
+
+    return edit
+
+
+MANIFEST_DAMAGE = {
+    "layer digest not sha256": (
+        lambda doc: doc["layers"][3].update(digest="sha256:" + "z" * 64),
+        ["invalid digest", "sha256:zzzz"],
+    ),
+    "layer digest a number": (lambda doc: doc["layers"][0].update(digest=7), ["invalid digest 7"]),
+    "config digest uppercase": (
+        lambda doc: doc["config"].update(digest=doc["config"]["digest"].upper()),
+        ["config blob has the invalid digest"],
+    ),
+    "layer shape not a list": (lambda doc: doc["layers"][-1].update(shape="3x3"), ["shape '3x3'"]),
+    "layer size a string": (lambda doc: doc["layers"][0].update(size="12"), ["size '12'"]),
+}
+
+CONFIG_DAMAGE = {
+    "config a JSON list": (lambda config: [config], ["config blob holds a JSON list, not an object"]),
+    "components a list": (_set("components", ["transformer"]), ["components ['transformer']"]),
+    "parameter_count a string": (_set("parameter_count", "1.1M"), ["parameter_count '1.1M'"]),
+    "architecture a list": (_set("architecture", ["ZImagePipeline"]), ["architecture ['ZImagePipeline']"]),
+    "quantization a number": (_set("quantization", 8), ["quantization 8"]),
+    "component not an object": (_set("components", {"vae": 3}), ["'vae' as 3"]),
+    "component parameters a string": (_set_in_vae("parameters", "many"), ["parameters 'many'", "'vae'"]),
+    "component dtypes a string": (_set_in_vae("dtypes", "F32"), ["dtypes 'F32'", "'vae'"]),
+    "component class a dict": (_set_in_vae("class", {}), ["class {}", "'vae'"]),
+}
+
+
+@pytest.mark.parametrize("what", [*MANIFEST_DAMAGE, *CONFIG_DAMAGE])
+def test_a_hand_damaged_model_is_an_error_everywhere_and_removable(populated, cli, what):
+    if what in MANIFEST_DAMAGE:
+        edit, expected = MANIFEST_DAMAGE[what]
+        _edit_manifest(populated, "z-image", edit)
+    else:
+        edit, expected = CONFIG_DAMAGE[what]
+        _edit_config(populated, "z-image", edit)
+    prefix = (
+        "corrupt manifest z-image:latest" if what.startswith("layer s") else "model z-image:latest is damaged"
+    )
+    for args in (
+        ["show", "z-image"],
+        ["show", "z-image", "--json"],
+        ["create", "q", "--from", "z-image", "-q", "int8"],
+    ):
+        _fails_cleanly(cli, populated, args, prefix, *expected)
+    listing = cli("list")
+    assert listing.code == 0 and "damaged" in listing.out.splitlines()[1]
+    result = cli("rm", "z-image")
+    assert (result.code, result.out.splitlines()[0]) == (0, "deleted 'z-image:latest'")
+    assert populated.names() == []

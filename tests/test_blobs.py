@@ -127,8 +127,15 @@ def test_abandoned_writer_removes_its_temporary_file(tmp_path):
 
 
 def test_header_encoding_is_deterministic_and_aligned():
-    entries = [TensorEntry("data", "BF16", (3,))]
-    assert encode_header(entries) == encode_header(list(entries))
+    def build():
+        entries = [TensorEntry("weight", "U32", (4, 2)), TensorEntry("scales", "BF16", (4, 1))]
+        return entries, {"quantization": "int4", "bits": "4"}
+
+    first, second = build(), build()
+    assert first[0][0] is not second[0][0]
+    assert encode_header(*first) == encode_header(*second)
+    body = b'{"data":{"dtype":"BF16","shape":[3],"data_offsets":[0,6]}}'
+    assert encode_header([TensorEntry("data", "BF16", (3,))]) == struct.pack("<Q", 64) + body + b" " * 6
     for k in range(1, 20):
         encoded = encode_header([TensorEntry("x" * k, "F32", (k,))])
         assert len(encoded) % 8 == 0 and struct.unpack("<Q", encoded[:8])[0] == len(encoded) - 8

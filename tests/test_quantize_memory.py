@@ -1,13 +1,9 @@
 """A quantizing import holds at most one tensor at a time: memory follows the largest tensor, not the model."""
 
-import json
-import os
-import struct
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.test_memory import MEASURE, ROOT
+from ollama_img.store.safetensors_format import TensorEntry
+from tests.fixtures.memory import peak_rss_of, write_zero_safetensors
 
 TENSORS = 8
 ROWS = 256 * 1024  # one tensor: ROWS x 64 bf16 = 32 MiB; all of them: 256 MiB
@@ -15,36 +11,16 @@ TENSOR_BYTES = ROWS * 64 * 2
 
 
 def _replace_transformer_weights(folder: Path):
-    """One transformer file of TENSORS quantizable weights of zeros (sparse: no disk, no time)."""
+    """One transformer file of TENSORS quantizable weights of zeros."""
     weights = folder / "transformer"
     for path in weights.glob("diffusion_pytorch_model*"):
         path.unlink()
-    header = {
-        f"layers.{i}.feed_forward.w1.weight": {
-            "dtype": "BF16",
-            "shape": [ROWS, 64],
-            "data_offsets": [i * TENSOR_BYTES, (i + 1) * TENSOR_BYTES],
-        }
-        for i in range(TENSORS)
-    }
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(weights / "diffusion_pytorch_model.safetensors", "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        f.truncate(8 + len(raw) + TENSORS * TENSOR_BYTES)
+    entries = [TensorEntry(f"layers.{i}.feed_forward.w1.weight", "BF16", (ROWS, 64)) for i in range(TENSORS)]
+    write_zero_safetensors(weights / "diffusion_pytorch_model.safetensors", entries)
 
 
 def _peak_rss_of_quantized_create(store: Path, folder: Path) -> int:
-    env = dict(os.environ, OLLAMA_IMG_MODELS=str(store), PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-c", MEASURE, "create", "m", "-f", str(folder), "--quantize", "fp8"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    return int(result.stderr.splitlines()[-1])
+    return peak_rss_of(store, "create", "m", "-f", str(folder), "--quantize", "fp8", timeout=300)
 
 
 def test_quantizing_holds_one_tensor_not_the_model(tmp_path, tiny_folder, folder_copy):

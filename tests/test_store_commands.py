@@ -6,7 +6,7 @@ import re
 import time
 
 from ollama_img.cli.formatting import human_age, human_bytes, human_count
-from tests.conftest import assert_store_consistent
+from tests.conftest import assert_store_consistent, snapshot
 
 
 def test_create_prints_plain_progress_and_a_summary(store, cli, tiny_folder):
@@ -126,15 +126,30 @@ def test_rm_several_names_and_sweeps_leftover_temporary_files(store, cli, tiny_f
 
 
 def test_human_formats():
-    assert [human_bytes(n) for n in (0, 999, 1000, 2_314_560, 12_400_000_000, 20_600_000_000)] == [
+    sizes = (0, 999, 1000, 2_314_560, 9_999_999, 10_000_000, 9_960, 999_999, 12_400_000_000, 20_600_000_000)
+    assert [human_bytes(n) for n in sizes] == [
         "0 B",
         "999 B",
         "1 KB",
         "2.3 MB",
+        "10 MB",
+        "10 MB",
+        "10 KB",
+        "999 KB",
         "12 GB",
         "20 GB",
     ]
-    assert [human_count(n) for n in (12, 1_100, 53_056, 6_154_908_736)] == ["12", "1.1K", "53.1K", "6.2B"]
+    counts = (12, 999, 1_100, 53_056, 999_949, 999_999, 999_950_000, 6_154_908_736)
+    assert [human_count(n) for n in counts] == [
+        "12",
+        "999",
+        "1.1K",
+        "53.1K",
+        "999.9K",
+        "1.0M",
+        "1.0B",
+        "6.2B",
+    ]
     now = 1_000_000.0
     ages = [0.2, 5, 61, 150, 3700, 3 * 3600, 86400 * 1.5, 86400 * 3, 86400 * 15, 86400 * 65, 86400 * 800]
     assert [human_age(now - a, now) for a in ages] == [
@@ -163,4 +178,70 @@ def test_a_damaged_manifest_is_listed_shown_as_an_error_and_removable(store, cli
     assert len(shown.err.splitlines()) == 1
     assert cli("rm", "bad").out.splitlines()[0] == "deleted 'bad:latest'"
     assert cli("show", "good").code == 0
+    assert_store_consistent(store)
+
+
+def _two_models(store, cli, tiny_folder, folder_copy, first="a", second="b"):
+    """`first` from the tiny folder and `second` from a copy that differs in the scheduler config."""
+    assert cli("create", first, "-f", str(tiny_folder)).code == 0
+    config = json.loads((folder_copy / "scheduler/scheduler_config.json").read_text())
+    config["shift"] = 6.0
+    (folder_copy / "scheduler/scheduler_config.json").write_text(json.dumps(config))
+    assert cli("create", second, "-f", str(folder_copy)).code == 0
+    return store.manifest(first), store.manifest(second)
+
+
+def test_rm_changes_nothing_while_another_manifest_is_unreadable(store, cli, tiny_folder, folder_copy):
+    a, b = _two_models(store, cli, tiny_folder, folder_copy)
+    cli("cp", "a", "bad")
+    store.manifest_path("bad").write_text("{ truncated")
+    before = snapshot(store.root)
+    result = cli("rm", "b")
+    assert (result.code, result.out) == (1, "")
+    assert result.err.splitlines() == [
+        "Error: not removing 'b:latest': the manifest of 'bad:latest' is unreadable "
+        "(Expecting property name enclosed in double quotes: line 1 column 3 (char 2)); "
+        "remove it with 'ollama-img rm bad:latest'"
+    ]
+    assert snapshot(store.root) == before
+    # Removing the damaged model itself works, alone or with others.
+    result = cli("rm", "bad", "b")
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[:2] == ["deleted 'bad:latest'", "deleted 'b:latest'"]
+    assert [str(n) for n in store.names()] == ["a:latest"]
+    assert not any(store.blob_path(d).exists() for d in b.digests() - a.digests())
+    assert_store_consistent(store)
+
+
+def test_cp_onto_an_existing_model_frees_the_blobs_only_it_used(store, cli, tiny_folder, folder_copy):
+    a, b = _two_models(store, cli, tiny_folder, folder_copy)
+    only_b = b.digests() - a.digests()
+    assert len(only_b) == 2 and all(store.blob_path(d).exists() for d in only_b)
+    result = cli("cp", "a", "b")
+    assert (result.code, result.out) == (0, "copied 'a:latest' to 'b:latest'\n")
+    assert store.manifest("b").raw == a.raw
+    assert not any(store.blob_path(d).exists() for d in only_b)
+    assert sorted(p.name for p in store.blobs_dir.iterdir()) == sorted(
+        store.blob_path(d).name for d in a.digests()
+    )
+    assert_store_consistent(store)
+
+
+def test_create_over_a_name_succeeds_while_another_manifest_is_unreadable(
+    store, cli, tiny_folder, folder_copy
+):
+    old, _ = _two_models(store, cli, tiny_folder, folder_copy, first="x", second="other")
+    cli("cp", "x", "bad")
+    store.manifest_path("bad").write_text("[]")
+    result = cli(
+        "create", "x", "-f", str(folder_copy)
+    )  # the other model's bytes: x's config blob is left over
+    assert result.code == 0, result.err
+    assert "Error" not in result.err
+    assert result.out.startswith("created 'x:latest'") and "freed" not in result.out
+    assert store.manifest("x").raw == store.manifest("other").raw
+    # Which blobs 'bad' uses cannot be told, so none were collected; 'rm bad' collects them later.
+    assert store.blob_path(old.config_digest).exists()
+    assert cli("rm", "bad").code == 0
+    assert not store.blob_path(old.config_digest).exists()
     assert_store_consistent(store)

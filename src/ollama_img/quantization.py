@@ -205,7 +205,6 @@ class QuantParams:
 
 
 _NUMPY_OF = {"BF16": "uint16", "F16": "float16", "F32": "float32"}  # bf16 travels as its bit pattern
-_ITEM_SIZE = {"BF16": 2, "F16": 2, "F32": 4}
 BLOCK_BYTES = 8 << 20  # source bytes quantized at a time
 
 
@@ -222,10 +221,11 @@ def quantize_weight(
     import numpy as np
 
     from ollama_img.backend import require_mlx
+    from ollama_img.store.safetensors_format import DTYPE_SIZES  # here: the store imports this module
 
     mx = require_mlx()
     rows, cols = shape
-    row_bytes = cols * _ITEM_SIZE[dtype]
+    row_bytes = cols * DTYPE_SIZES[dtype]
     names = ("weight", "scales", "biases")
     outputs: list[tuple[str, str, list]] = []
 

@@ -41,10 +41,10 @@ def _root(
     """Run local text-to-image models: create, run, list, show, ps, stop, rm, cp, serve."""
 
 
-def fail(message: str, code: int = 1):
+def fail(message: str):
     """Print one clear line on stderr and exit non-zero: how every user error ends."""
     print(f"Error: {message}", file=sys.stderr)
-    raise SystemExit(code)
+    raise SystemExit(1)
 
 
 # Options whose value may be left out (`run --teacache` or `run --teacache 0.3`), with the value they get

@@ -6,10 +6,12 @@ _BYTE_UNITS = ((10**12, "TB"), (10**9, "GB"), (10**6, "MB"), (10**3, "KB"))
 
 
 def human_bytes(n: int) -> str:
-    """Decimal units like `ollama list`: 2.3 MB, 12 GB, 512 B."""
+    """Decimal units like `ollama list`: 2.3 MB, 12 GB, 512 B (one decimal below 10, else whole units)."""
     for scale, unit in _BYTE_UNITS:
         if n >= scale:
             value = n / scale
+            if value < 10:
+                value = round(value, 1)  # first, so that 9.96 MB prints as 10 MB, not 10.0 MB
             if value >= 10 or value == int(value):
                 return f"{int(value)} {unit}"
             return f"{value:.1f} {unit}"
@@ -18,9 +20,14 @@ def human_bytes(n: int) -> str:
 
 def human_count(n: int) -> str:
     """Parameter counts as ollama shows them: 6.2B, 53.1M, 1.1K, 12."""
-    for scale, unit in ((10**9, "B"), (10**6, "M"), (10**3, "K")):
+    units = ((10**9, "B"), (10**6, "M"), (10**3, "K"))
+    for i, (scale, unit) in enumerate(units):
         if n >= scale:
-            return f"{n / scale:.1f}{unit}"
+            value = round(n / scale, 1)
+            if value >= 1000 and i > 0:  # rounded up to the next unit: 999_999 is 1.0M, not 1000.0K
+                scale, unit = units[i - 1]
+                value = round(n / scale, 1)
+            return f"{value:.1f}{unit}"
     return str(n)
 
 

@@ -115,11 +115,12 @@ def show(
         print(json.dumps(doc, indent=2))
         return
     print("  Model")
-    quantization, quantization_details = describe(config.get("quantization"))
+    record = config.get("quantization")
+    quantization, quantization_details = describe(record)
     details = [
         ("architecture", str(config.get("architecture"))),
         ("family", str(config.get("family"))),
-        ("parameters", human_count(int(config.get("parameter_count") or 0))),
+        ("parameters", human_count(config.get("parameter_count") or 0)),
         ("quantization", quantization),
         ("size", human_bytes(manifest.total_size)),
         ("id", manifest.id),
@@ -131,18 +132,17 @@ def show(
         print(_indent(_wrapped_table(quantization_details), 4))
     print()
     print("  Components")
-    record = config.get("quantization")
     counts = record.get("tensors") if isinstance(record, dict) else None
 
     def quantized_as(component: str) -> list[str]:
-        return [str(record.get("type"))] if isinstance(counts, dict) and counts.get(component) else []
+        return [str(record.get("type"))] if counts and counts.get(component) else []
 
     rows = [
         [
             component,
-            str(info.get("class") or "-"),
-            human_count(info.get("parameters") or 0) if info.get("parameters") else "-",
-            human_bytes(int(info.get("size") or 0)),
+            info.get("class") or "-",
+            human_count(info["parameters"]) if info.get("parameters") else "-",
+            human_bytes(info.get("size") or 0),
             ", ".join([*(info.get("dtypes") or []), *quantized_as(component)]) or "-",
         ]
         for component, info in (config.get("components") or {}).items()

@@ -53,9 +53,10 @@ ZIMAGE = Architecture(
 ARCHITECTURES = {a.class_name: a for a in (ZIMAGE,)}
 
 
-def architecture_for(class_name: str | None) -> Architecture:
-    """The architecture for a model_index.json `_class_name`, or a UserError naming the known ones."""
-    if class_name in ARCHITECTURES:
+def architecture_for(class_name) -> Architecture:
+    """The architecture for a model_index.json `_class_name` (any JSON value), or a UserError naming the
+    known ones."""
+    if isinstance(class_name, str) and class_name in ARCHITECTURES:
         return ARCHITECTURES[class_name]
     known = ", ".join(sorted(ARCHITECTURES))
     close = difflib.get_close_matches(str(class_name), ARCHITECTURES, n=1)

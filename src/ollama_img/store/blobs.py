@@ -28,15 +28,20 @@ if TYPE_CHECKING:
     from ollama_img.store.publisher import BlobPublisher
 
 TEMP_PREFIX = ".tmp-"
-_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")  # used with fullmatch
 _LINK_UNSUPPORTED = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
 
 PLAIN_TENSOR_NAME = "data"
 
 
+def is_digest(value) -> bool:
+    """Whether `value` is a digest as manifests spell it: `sha256:` and 64 lowercase hex digits."""
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
+
+
 def blob_file_name(digest: str) -> str:
     """`sha256:<hex>` -> `sha256-<hex>` (a ValueError for anything that is not a sha256 digest)."""
-    match = _DIGEST.match(digest)
+    match = _DIGEST.fullmatch(digest) if isinstance(digest, str) else None
     if not match:
         raise ValueError(f"not a sha256 digest: {digest!r}")
     return f"sha256-{match.group(1)}"
@@ -46,7 +51,7 @@ def digest_of_file_name(file_name: str) -> str | None:
     """The digest a blob file name stands for, or None for anything else in the directory."""
     if file_name.startswith("sha256-"):
         digest = "sha256:" + file_name[len("sha256-") :]
-        if _DIGEST.match(digest):
+        if is_digest(digest):
             return digest
     return None
 

@@ -68,16 +68,10 @@ class ComponentPlan:
 class ImportPlan:
     """Everything `create` will store, in manifest order: top-level files, then each component."""
 
-    folder: Path
+    origin: str  # where it comes from, for messages: the folder, or "model 'NAME'"
     architecture: Architecture
-    model_index: dict
     files: tuple[FileItem, ...]  # top-level files (model_index.json)
     components: tuple[ComponentPlan, ...]
-    label: str | None = None  # where it comes from, for messages (default: the folder)
-
-    @property
-    def origin(self) -> str:
-        return self.label or str(self.folder)
 
     @property
     def tensor_count(self) -> int:
@@ -86,10 +80,6 @@ class ImportPlan:
     @property
     def tensor_bytes(self) -> int:
         return sum(c.tensor_bytes for c in self.components)
-
-    @property
-    def file_bytes(self) -> int:
-        return sum(f.size for f in self.files) + sum(f.size for c in self.components for f in c.files)
 
 
 def inspect_folder(folder: Path | str) -> ImportPlan:
@@ -110,7 +100,7 @@ def inspect_folder(folder: Path | str) -> ImportPlan:
     architecture = architecture_for(model_index["_class_name"])
     components = tuple(_inspect_component(folder, c, model_index) for c in architecture.components)
     files = (FileItem(MODEL_INDEX, index_path, index_path.stat().st_size),)
-    return ImportPlan(folder, architecture, model_index, files, components)
+    return ImportPlan(str(folder), architecture, files, components)
 
 
 def _inspect_component(folder: Path, component: Component, model_index: dict) -> ComponentPlan:
@@ -132,7 +122,9 @@ def _inspect_component(folder: Path, component: Component, model_index: dict) ->
         items.append(FileItem(layer_name, path, path.stat().st_size))
     shards = _inspect_weights(folder, directory, component) if component.weights else ()
     entry = model_index.get(component.name)
-    class_name = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+    class_name = (
+        entry[1] if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str) else None
+    )
     return ComponentPlan(component.name, class_name, tuple(items), shards)
 
 

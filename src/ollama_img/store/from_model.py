@@ -7,7 +7,6 @@ quantized weights and a new config.
 """
 
 import dataclasses
-import json
 
 from ollama_img.errors import UserError
 from ollama_img.models import architecture_for
@@ -33,17 +32,12 @@ def plan_from_model(store: Store, name: ModelName | str) -> ImportPlan:
         )
     architecture = architecture_for(config.get("architecture"))
     label = f"model '{manifest.name}'"
-    by_component: dict[str, list[Layer]] = {}
-    for layer in manifest.layers:
-        by_component.setdefault(layer.component, []).append(layer)
-    try:
-        model_index = json.loads(store.blob_path(manifest.layer(MODEL_INDEX).digest).read_bytes())
-    except (KeyError, OSError, ValueError) as exc:
-        raise UserError(f"{label} is damaged: cannot read its {MODEL_INDEX} ({exc})") from None
-    files = tuple(_file_item(store, layer) for layer in by_component.get("", []))
+    top_level = manifest.component_layers("")
+    if not any(layer.name == MODEL_INDEX for layer in top_level):
+        raise UserError(f"{label} is damaged: it has no {MODEL_INDEX}; re-create the model")
     components = []
     for component in architecture.components:
-        layers = by_component.get(component.name, [])
+        layers = manifest.component_layers(component.name)
         info = (config.get("components") or {}).get(component.name) or {}
         components.append(
             ComponentPlan(
@@ -54,12 +48,10 @@ def plan_from_model(store: Store, name: ModelName | str) -> ImportPlan:
             )
         )
     return ImportPlan(
-        folder=store.blobs_dir,
+        origin=label,
         architecture=architecture,
-        model_index=model_index,
-        files=files,
+        files=tuple(_file_item(store, layer) for layer in top_level),
         components=tuple(components),
-        label=label,
     )
 
 

@@ -77,7 +77,6 @@ def import_folder(
     tally = _Tally()
     quantizer = _Quantizer(quantize, rule_for(plan.architecture.class_name), tally) if quantize else None
     layers: list[Layer] = []
-    previous = store.manifest_path(name).read_bytes() if store.exists(name) else None
     with store.writing():
         executor = ThreadPoolExecutor(1, thread_name_prefix="sha256") if hash_in_thread else None
         try:
@@ -96,12 +95,8 @@ def import_folder(
         config = tally.count(write_bytes_blob(store.blobs_dir, config_bytes))
         fsync_dir(store.blobs_dir)
         raw = encode_manifest(layers, config.digest, config.size)
-        store.write_manifest(name, raw)
-    freed = 0
-    if previous is not None and previous != raw:
-        # The replaced model's own blobs are garbage now; collect them unless someone is busy writing.
-        collected = store.collect_garbage(wait=False)
-        freed = collected[1] if collected else 0
+        previous = store.write_manifest(name, raw)
+    freed = store.free_replaced(previous, raw)  # the blobs only the model this name named used
     manifest = Manifest(tuple(layers), json.loads(config_bytes), config.digest, config.size, raw, name)
     return ImportResult(
         name=name,
@@ -133,12 +128,13 @@ def _store_shard(
     quantizer: "_Quantizer | None" = None,
 ) -> list[Layer]:
     layers = []
-    if shard.stored is not None and (quantizer is None or not quantizer.selects(shard)):
-        # A tensor already in the store that stays as it is: the same blob, nothing read or written.
+    if shard.stored is not None:
         (tensor,) = shard.header.tensors
-        tally.reused += 1
-        report(tensor.nbytes, 1)
-        return [_tensor_layer(shard, tensor, shard.stored)]
+        if quantizer is None or not quantizer.selects(shard, tensor):
+            # A tensor already in the store that stays as it is: the same blob, nothing read or written.
+            tally.reused += 1
+            report(tensor.nbytes, 1)
+            return [_tensor_layer(shard, tensor, shard.stored)]
     try:
         reader = SafetensorsReader(shard.path, shard.header, shard.display)
     except OSError as exc:
@@ -146,11 +142,8 @@ def _store_shard(
     with reader:
         for tensor in shard.header.tensors:
             chunks = _reporting(reader.chunks(tensor), report)
-            layer_name = f"{shard.layer_prefix}/{tensor.name}"
-            if quantizer is not None and quantizer.rule.selects(
-                layer_name, tensor.dtype, tensor.shape, quantizer.quant
-            ):
-                tensors, metadata = quantizer.encode(layer_name, tensor, chunks)
+            if quantizer is not None and quantizer.selects(shard, tensor):
+                tensors, metadata = quantizer.encode(shard, tensor, chunks)
             else:
                 tensors, metadata = (
                     [(TensorEntry(PLAIN_TENSOR_NAME, tensor.dtype, tensor.shape), chunks)],
@@ -167,13 +160,18 @@ def _store_shard(
 def _tensor_layer(shard: Shard, tensor, blob: BlobRef) -> Layer:
     """The manifest layer of a tensor: its logical name, dtype and shape, whatever its blob holds."""
     return Layer(
-        name=f"{shard.layer_prefix}/{tensor.name}",
+        name=_layer_name(shard, tensor),
         digest=blob.digest,
         size=blob.size,
         media_type=TENSOR_MEDIA_TYPE,
         dtype=tensor.dtype,
         shape=tensor.shape,
     )
+
+
+def _layer_name(shard: Shard, tensor) -> str:
+    """A tensor's layer name: `<component>/<tensor name as in the checkpoint>`."""
+    return f"{shard.layer_prefix}/{tensor.name}"
 
 
 @dataclass
@@ -184,16 +182,14 @@ class _Quantizer:
     rule: QuantRule
     tally: _Tally
 
-    def selects(self, shard: Shard) -> bool:
-        return any(
-            self.rule.selects(f"{shard.layer_prefix}/{t.name}", t.dtype, t.shape, self.quant)
-            for t in shard.header.tensors
-        )
+    def selects(self, shard: Shard, tensor) -> bool:
+        """Whether the rule quantizes this tensor of the shard."""
+        return self.rule.selects(_layer_name(shard, tensor), tensor.dtype, tensor.shape, self.quant)
 
-    def encode(self, layer_name: str, tensor, chunks: Iterator) -> tuple[list, dict[str, str]]:
+    def encode(self, shard: Shard, tensor, chunks: Iterator) -> tuple[list, dict[str, str]]:
         """Quantize the tensor as its chunks stream in: the blob's tensors and metadata."""
         parts = quantize_weight(chunks, tensor.dtype, tensor.shape, self.quant)
-        component = layer_name.partition("/")[0]
+        component = shard.layer_prefix
         self.tally.quantized[component] = self.tally.quantized.get(component, 0) + 1
         tensors = [
             (

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
+from ollama_img.store.blobs import is_digest
 
 SCHEMA_VERSION = 2
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
@@ -64,13 +65,24 @@ class Layer:
 
     @classmethod
     def from_json(cls, obj: dict) -> "Layer":
-        shape = obj.get("shape")
+        """A layer from its manifest entry; a KeyError, TypeError or ValueError if it is malformed
+        (the digest is checked by `decode_manifest`)."""
+        name, size, media_type = obj["name"], obj["size"], obj["mediaType"]
+        dtype, shape = obj.get("dtype"), obj.get("shape")
+        if not isinstance(name, str) or not isinstance(media_type, str):
+            raise ValueError(f"a layer has name {name!r} and mediaType {media_type!r}, not strings")
+        if not _is_count(size):
+            raise ValueError(f"layer {name!r} has size {size!r}")
+        if dtype is not None and not isinstance(dtype, str):
+            raise ValueError(f"layer {name!r} has dtype {dtype!r}")
+        if shape is not None and not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+            raise ValueError(f"layer {name!r} has shape {shape!r}")
         return cls(
-            name=obj["name"],
+            name=name,
             digest=obj["digest"],
-            size=int(obj["size"]),
-            media_type=obj["mediaType"],
-            dtype=obj.get("dtype"),
+            size=size,
+            media_type=media_type,
+            dtype=dtype,
             shape=tuple(shape) if shape is not None else None,
         )
 
@@ -129,20 +141,82 @@ def encode_manifest(layers: list[Layer], config_digest: str, config_size: int) -
 
 
 def decode_manifest(raw: bytes, read_config, name: ModelName) -> Manifest:
-    """Parse manifest bytes; `read_config(digest)` returns the config blob's bytes."""
+    """Parse manifest bytes; `read_config(digest)` returns the config blob's bytes.
+
+    Anything `show`, `create --from` or the loader would trip over later is a UserError here: a
+    manifest that is not one, a digest that is not `sha256:<64 hex>`, a config blob that is missing, not
+    JSON, or not shaped as `import_folder` writes it.
+    """
     where = str(name)
     try:
         doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
         if doc.get("schemaVersion") != SCHEMA_VERSION:
             raise ValueError(f"unsupported schemaVersion {doc.get('schemaVersion')!r}")
         layers = tuple(Layer.from_json(obj) for obj in doc["layers"])
-        config_digest, config_size = doc["config"]["digest"], int(doc["config"]["size"])
+        config_digest, config_size = doc["config"]["digest"], doc["config"]["size"]
+        if not _is_count(config_size):
+            raise ValueError(f"the config blob has size {config_size!r}")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"corrupt manifest {where}: {exc}") from None
+    damaged = f"model {where} is damaged"
+    for digest, what in [
+        (config_digest, "its config blob"),
+        *((la.digest, f"layer {la.name!r}") for la in layers),
+    ]:
+        if not is_digest(digest):
+            raise UserError(f"{damaged}: {what} has the invalid digest {digest!r}; re-create the model")
     try:
         config = json.loads(read_config(config_digest))
     except FileNotFoundError:
-        raise UserError(f"model {where} is damaged: its config blob {config_digest} is missing") from None
+        raise UserError(f"{damaged}: its config blob {config_digest} is missing") from None
+    except OSError as exc:
+        raise UserError(f"{damaged}: cannot read its config blob ({exc.strerror or exc})") from None
     except ValueError as exc:
-        raise UserError(f"model {where} is damaged: its config blob is not valid JSON ({exc})") from None
+        raise UserError(f"{damaged}: its config blob is not valid JSON ({exc})") from None
+    problem = _config_problem(config)
+    if problem:
+        raise UserError(f"{damaged}: its config blob {problem}; re-create the model")
     return Manifest(layers, config, config_digest, config_size, raw, name)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _config_problem(config) -> str | None:
+    """What is wrong with the shape of a parsed config blob (the fields `show` and `create --from` read),
+    or None. Fields may be missing or null; present ones must have the type `import_folder` writes."""
+    if not isinstance(config, dict):
+        return f"holds a JSON {type(config).__name__}, not an object"
+    for key in ("architecture", "family", "format"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            return f"has {key} {config[key]!r}, not a string"
+    for key in ("parameter_count", "total_size"):
+        if config.get(key) is not None and not _is_count(config[key]):
+            return f"has {key} {config[key]!r}, not a count"
+    components = config.get("components")
+    if components is not None and not isinstance(components, dict):
+        return f"has components {components!r}, not an object"
+    for component, info in (components or {}).items():
+        if not isinstance(info, dict):
+            return f"describes component {component!r} as {info!r}, not an object"
+        if info.get("class") is not None and not isinstance(info["class"], str):
+            return f"has class {info['class']!r} for component {component!r}, not a string"
+        for key in ("parameters", "size"):
+            if info.get(key) is not None and not _is_count(info[key]):
+                return f"has {key} {info[key]!r} for component {component!r}, not a count"
+        dtypes = info.get("dtypes")
+        if dtypes is not None and not (isinstance(dtypes, list) and all(isinstance(d, str) for d in dtypes)):
+            return f"has dtypes {dtypes!r} for component {component!r}, not a list of strings"
+    quantization = config.get("quantization")
+    if quantization is not None and not isinstance(quantization, str | dict):
+        return f"has quantization {quantization!r}, neither a string nor an object"
+    if isinstance(quantization, dict):
+        counts = quantization.get("tensors")
+        if counts is not None and not (
+            isinstance(counts, dict) and all(_is_count(n) for n in counts.values())
+        ):
+            return f"has quantized tensor counts {counts!r}, not an object of counts"
+    return None

@@ -52,10 +52,6 @@ class TensorInfo:
     def nbytes(self) -> int:
         return self.end - self.begin
 
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
 
 @dataclass(frozen=True)
 class Header:
@@ -63,7 +59,6 @@ class Header:
 
     tensors: tuple[TensorInfo, ...]
     metadata: dict[str, str]
-    data_start: int  # absolute offset of the first data byte
 
 
 def parse_header(raw_length: bytes, read_json, file_size: int, where: str) -> Header:
@@ -105,7 +100,7 @@ def parse_header(raw_length: bytes, read_json, file_size: int, where: str) -> He
     if previous_end > file_size:
         needed = previous_end - data_start
         raise bad(f"data needs {needed} bytes but the file holds {data_size} (truncated?)")
-    return Header(tuple(tensors), {str(k): str(v) for k, v in metadata.items()}, data_start)
+    return Header(tuple(tensors), {str(k): str(v) for k, v in metadata.items()})
 
 
 def _tensor_info(name: str, entry, data_start: int, bad) -> TensorInfo:

@@ -30,6 +30,10 @@ from ollama_img.store.locking import shared_lock_with_cleanup, store_lock
 from ollama_img.store.manifest import Manifest, decode_manifest
 
 
+class UnreadableManifest(UserError):
+    """A manifest in the store cannot be parsed, so which blobs are unused cannot be told."""
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """One model name in the store. `manifest` is None (and `problem` says why) if it cannot be read."""
@@ -160,9 +164,16 @@ class Store:
         except OSError as exc:
             raise store_write_error(exc, self.root) from None
 
-    def write_manifest(self, name: ModelName | str, raw: bytes) -> None:
-        """Put a manifest in place atomically (temporary file, fsync, rename). Hold `writing()`."""
+    def write_manifest(self, name: ModelName | str, raw: bytes) -> bytes | None:
+        """Put a manifest in place atomically (temporary file, fsync, rename). Hold `writing()`.
+
+        Returns the bytes of the manifest it replaced (None if the name was new), for `free_replaced`.
+        """
         path = self.manifest_path(name)
+        try:
+            previous = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            previous = None
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         try:
@@ -174,22 +185,43 @@ class Store:
         finally:
             temp.unlink(missing_ok=True)
         fsync_dir(path.parent)
+        return previous
+
+    def free_replaced(self, previous: bytes | None, current: bytes) -> int:
+        """After `write_manifest` put `current` over `previous` (and `writing()` is left): remove the blobs
+        only the replaced model used; returns the bytes freed.
+
+        Best effort, since the new model is in place already: it never waits for a `create`, `cp` or
+        `rm` that is running, and frees nothing (0) while another manifest is unreadable.
+        """
+        if previous is None or previous == current:
+            return 0
+        try:
+            collected = self.collect_garbage(wait=False)
+        except UnreadableManifest:
+            return 0
+        return collected[1] if collected else 0
 
     def copy(self, source: ModelName | str, destination: ModelName | str) -> Manifest:
-        """Make `destination` name the same model as `source` (an existing destination is replaced)."""
+        """Make `destination` name the same model as `source` (an existing destination is replaced, and
+        the blobs only it used are freed)."""
         source, destination = _as_name(source), _as_name(destination)
+        if source == destination:
+            raise UserError(f"cannot copy '{source}' onto itself: give a different destination name")
         self.manifest(source)  # fail before taking the lock, which would create an empty store
         with self.writing():
             manifest = self.manifest(source)
-            self.write_manifest(destination, manifest.raw)
+            previous = self.write_manifest(destination, manifest.raw)
+        self.free_replaced(previous, manifest.raw)
         return manifest
 
     def remove(self, names: list[ModelName | str]) -> Removal:
         """Remove models, then every blob that no remaining manifest references.
 
-        All names are checked first: if one does not exist nothing is removed.
+        All names are checked first: if one does not exist nothing is removed. Nor is anything removed
+        while another model's manifest is unreadable, since which blobs it uses cannot be told.
         """
-        parsed = [_as_name(n) for n in names]
+        parsed = list(dict.fromkeys(_as_name(n) for n in names))
         for name in parsed:  # fail before taking the lock, which would create an empty store
             if not self.exists(name):
                 raise self._not_found(name)
@@ -197,20 +229,25 @@ class Store:
             for name in parsed:
                 if not self.exists(name):
                     raise self._not_found(name)
-            for name in dict.fromkeys(parsed):
+            doing = f"not removing {', '.join(repr(str(n)) for n in parsed)}"
+            referenced = self._referenced_digests(doing, skip=set(parsed))
+            for name in parsed:
                 self._unlink_manifest(name)
-            blobs, freed = self._collect_garbage()
-        return Removal(tuple(dict.fromkeys(parsed)), blobs, freed)
+            blobs, freed = self._remove_unreferenced(referenced)
+        return Removal(tuple(parsed), blobs, freed)
 
     def collect_garbage(self, wait: bool = True) -> tuple[int, int] | None:
         """Remove blobs no manifest references; returns (blobs, bytes) freed.
 
-        With `wait=False` it gives up at once (None) when a `create`, `cp` or `rm` is running.
+        With `wait=False` it gives up at once (None) when a `create`, `cp` or `rm` is running. An
+        unreadable manifest makes it refuse (`UnreadableManifest`) and remove nothing.
         """
         if not self.root.is_dir():
             return (0, 0)
         with self._disk_errors(), store_lock(self.root, exclusive=True, blocking=wait) as locked:
-            return self._collect_garbage() if locked else None
+            if not locked:
+                return None
+            return self._remove_unreferenced(self._referenced_digests("not collecting unused blobs"))
 
     def _unlink_manifest(self, name: ModelName) -> None:
         path = self.manifest_path(name)
@@ -224,19 +261,28 @@ class Store:
             except OSError:
                 break
 
-    def _collect_garbage(self) -> tuple[int, int]:
-        """Delete unreferenced blobs and stale temporary files. Hold the lock exclusively."""
+    def _referenced_digests(self, doing: str, skip: set[ModelName] = frozenset()) -> set[str]:
+        """Every digest a manifest (other than those of `skip`) names. Hold the lock exclusively.
+
+        An unreadable manifest raises `UnreadableManifest`, which says what is not done (`doing`).
+        """
         referenced = set()
         for name, path in self._manifest_files():
+            if name in skip:
+                continue
             try:
                 doc = json.loads(path.read_bytes())
                 referenced.add(doc["config"]["digest"])
                 referenced.update(layer["digest"] for layer in doc["layers"])
             except (ValueError, KeyError, TypeError) as exc:
-                raise UserError(
-                    f"not collecting unused blobs: the manifest of '{name}' is unreadable ({exc}); "
+                raise UnreadableManifest(
+                    f"{doing}: the manifest of '{name}' is unreadable ({exc}); "
                     f"remove it with 'ollama-img rm {name}'"
                 ) from None
+        return referenced
+
+    def _remove_unreferenced(self, referenced: set[str]) -> tuple[int, int]:
+        """Delete the blobs not in `referenced` and stale temporary files. Hold the lock exclusively."""
         removed = freed = 0
         if self.blobs_dir.is_dir():
             for path in self.blobs_dir.iterdir():
