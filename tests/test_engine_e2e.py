@@ -5,6 +5,7 @@ The module shares one engine (spawned by the first `run`); tests that kill or ne
 make their own world next to the same store.
 """
 
+import asyncio
 import base64
 import io
 import json
@@ -13,7 +14,9 @@ import re
 import select
 import signal
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -255,6 +258,57 @@ def test_clients_that_leave_cancel_their_jobs_queued_or_running(world):
     assert ok.returncode == 0, ok.stderr
 
 
+def test_the_next_job_runs_while_pngs_are_encoded(world, monkeypatch):
+    """PNG encoding (CPU) does not hold the device: with the encoder held busy, the next job still runs all
+    its steps; the first job's answer waits for its PNG, and its total time counts the encoding."""
+    from ollama_img.engine.jobs import DONE, STEP
+    from ollama_img.engine.params import GenerateParams
+    from ollama_img.engine.scheduler import Scheduler
+
+    monkeypatch.setenv("OLLAMA_IMG_MODELS", world.env["OLLAMA_IMG_MODELS"])
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))  # where PNGs are encoded
+        gate = threading.Event()
+        held = loop.run_in_executor(None, gate.wait)  # the encoder is busy until the gate opens
+        scheduler = Scheduler(default_keepalive=60)
+        scheduler.start()
+        try:
+            first, second = (
+                scheduler.submit(
+                    GenerateParams(model=MODEL, prompt=prompt, width=32, height=32, steps=3, seed=1), None
+                )
+                for prompt in ("first", "second")
+            )
+
+            async def steps_of(job):
+                async for event in job.stream():
+                    if event.kind == STEP and event.completed == event.total:
+                        return
+
+            await asyncio.wait_for(steps_of(second), timeout=120)
+            assert not first.finished  # still waiting for its PNG
+            assert not scheduler.idle
+            await asyncio.sleep(0.2)
+            gate.set()
+            await held
+            outcomes = [await asyncio.wait_for(job.outcome(), timeout=60) for job in (first, second)]
+            assert [o.kind for o in outcomes] == [DONE, DONE]
+            timings = outcomes[0].result.timings
+            assert timings.encode >= 0.2
+            assert timings.total == pytest.approx(
+                timings.queue + timings.load + timings.generate + timings.encode
+            )
+            for outcome in outcomes:
+                assert Image.open(io.BytesIO(outcome.result.pngs[0])).size == (32, 32)
+        finally:
+            gate.set()
+            await scheduler.close()
+
+    asyncio.run(scenario())
+
+
 # -- user errors: one line, a 4xx, and the engine keeps serving ----------------------------------------
 
 
@@ -310,7 +364,9 @@ def test_ollama_style_stream_reports_progress_and_the_images(world):
     final = events[-1]
     assert final["done"] is True and final["done_reason"] == "stop"
     assert final["seeds"] == [5, 6] and len(final["images"]) == 2
-    assert final["total_duration"] >= final["generate_duration"] > 0
+    parts = [final[f"{key}_duration"] for key in ("queue", "load", "generate", "encode")]
+    assert final["generate_duration"] > 0 and final["encode_duration"] > 0
+    assert abs(final["total_duration"] - sum(parts)) <= len(parts)  # each part rounded down to a ns
     for b64 in final["images"]:
         assert Image.open(io.BytesIO(base64.b64decode(b64))).size == (32, 32)
 
@@ -337,19 +393,13 @@ def test_model_names_complete_from_the_store(world):
     assert done.stdout.split() == [MODEL]
 
 
-def _serve(env: EngineEnv) -> tuple[subprocess.Popen, str]:
-    serve = env.popen("serve", "--host", "127.0.0.1:0", text=True)
-    for line in serve.stderr:
-        if "listening on" in line:
-            return serve, line.rsplit(" and ", 1)[1].split(";")[0].strip()
-    raise AssertionError("serve did not start: " + serve.stderr.read())
-
-
 def test_openai_client_and_sse_against_serve(side_world):
     openai = pytest.importorskip("openai")
-    serve, url = _serve(side_world)
+    serve, url = side_world.serve()
     try:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="not-needed")
+        (listed,) = client.models.list().data
+        assert listed.id == MODEL and time.time() - 3600 < listed.created <= time.time()  # made this session
         result = client.images.generate(
             model="z-image", prompt="a cat", size="64x64", response_format="b64_json", extra_body={"steps": 2}
         )

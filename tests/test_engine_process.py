@@ -9,8 +9,8 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 
+import httpx
 import pytest
 
 from tests.fixtures.engine_env import EngineEnv, _alive
@@ -134,48 +134,88 @@ def test_usage_errors_are_short_not_tracebacks(world):
     assert world.engine_pid() is None  # refused before starting anything
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--steps", "0"], "Error: --steps must be at least 1, got 0"),
+        (["--width", "17"], "Error: --width must be a multiple of 16, got 17"),
+        (["--seed", "-1"], "Error: --seed must be at least 0, got -1"),
+        (["--seed", "1" + "0" * 23], "Error: --seed must be at most"),
+        (["--guidance", "-1"], "Error: --guidance must be at least 0, got -1.0"),
+        (["--guidance", "inf"], "Error: --guidance must be a finite number, got Infinity"),
+        (["--guidance", "nan"], "Error: --guidance must be a finite number, got NaN"),
+        (["--teacache", "inf"], "Error: --teacache must be a finite number, got Infinity"),
+        (["--teacache", "-0.5"], "Error: --teacache must be at least 0, got -0.5"),
+        (["--keepalive", "soon"], "Error: invalid --keepalive 'soon'"),
+        (["--keepalive", "1" + "0" * 400], "Error: invalid --keepalive '1000"),
+    ],
+)
+def test_bad_flags_are_one_line_before_any_engine_starts(world, flags, message):
+    result = world.cli("run", "z-image", "a cat", *flags)
+    assert result.returncode == 1
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == ""
+    assert world.engine_pid() is None and not world.socket.exists()
+    assert not world.log.exists()  # not even started to fail
+
+
 # -- request checking on a live engine ---------------------------------------------------------------
 
 
+BIG = "1" + "0" * 400  # beyond any float
+
+
+def _ollama_error(response) -> str:
+    return response.json()["error"]
+
+
+def _openai_error(response) -> str:
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    return error["message"]
+
+
+OLLAMA = ("/api/generate", _ollama_error)
+OPENAI = ("/v1/images/generations", _openai_error)
+
+
 @pytest.mark.parametrize(
-    ("body", "message"),
+    ("route", "body", "message"),
     [
-        (b"{not json", "invalid JSON"),
-        (b"[]", "must be a JSON object"),
-        (b'{"prompt": "a cat"}', "missing 'model'"),
-        (b'{"model": "z-image", "prompt": ""}', "empty prompt"),
-        (b'{"model": "z-image", "prompt": "x", "width": 100}', "multiple of 16"),
-        (b'{"model": "z-image", "prompt": "x", "steps": -2}', "'steps' must be at least 1"),
-        (b'{"model": "z-image", "prompt": "x", "n": 11}', "'n' must be at most 10"),
-        (b'{"model": "z-image", "prompt": "x", "keep_alive": "soon"}', "keep_alive"),
-        (b'{"model": "z-image", "prompt": "x", "stream": "yes"}', "'stream' must be true or false"),
+        (OLLAMA, b"{not json", "invalid JSON"),
+        (OLLAMA, b"[]", "must be a JSON object"),
+        (OLLAMA, b'{"prompt": "a cat"}', "missing 'model'"),
+        (OLLAMA, b'{"model": "z-image", "prompt": ""}', "empty prompt"),
+        (OLLAMA, b'{"model": "z-image", "prompt": "x", "width": 100}', "multiple of 16"),
+        (OLLAMA, b'{"model": "z-image", "prompt": "x", "steps": -2}', "'steps' must be at least 1"),
+        (OLLAMA, b'{"model": "z-image", "prompt": "x", "n": 11}', "'n' must be at most 10"),
+        (OLLAMA, b'{"model": "z-image", "prompt": "x", "keep_alive": "soon"}', "keep_alive"),
+        (OLLAMA, b'{"model": "z-image", "prompt": "x", "stream": "yes"}', "'stream' must be true or false"),
+        (OLLAMA, b'{"model": "z-image", "prompt": "x", "guidance": 1e999}', "'guidance' must be a finite"),
+        (OLLAMA, b'{"model": "z-image", "prompt": "x", "teacache": NaN}', "'teacache' must be a finite"),
+        (OLLAMA, f'{{"model": "z-image", "prompt": "x", "guidance": {BIG}}}'.encode(), "'guidance' must be"),
+        (OLLAMA, f'{{"model": "z-image", "prompt": "x", "teacache": {BIG}}}'.encode(), "'teacache' must be"),
+        (OLLAMA, f'{{"model": "z-image", "prompt": "x", "keep_alive": {BIG}}}'.encode(), "keep_alive"),
+        (OLLAMA, f'{{"model": "z-image", "keep_alive": {BIG}}}'.encode(), "keep_alive"),
+        (OLLAMA, f'{{"model": "z-image", "prompt": "x", "seed": {"9" * 5000}}}'.encode(), "invalid JSON"),
+        (OPENAI, b'{"model": "z-image", "prompt": "x", "size": "100x100"}', "multiple of 16"),
+        (OPENAI, b'{"model": "z-image", "prompt": "x", "size": "big"}', "invalid size"),
+        (OPENAI, b'{"model": "z-image"}', "missing 'prompt'"),
+        (OPENAI, b'{"model": "z-image", "prompt": "x", "response_format": "gif"}', "response_format"),
+        (OPENAI, b'{"model": "z-image", "prompt": "x", "output_format": "jpeg"}', "only 'png'"),
+        (OPENAI, b"nope", "invalid JSON"),
+        (OPENAI, b'{"model": "z-image", "prompt": "x", "guidance": -1e999}', "'guidance' must be a finite"),
+        (OPENAI, f'{{"model": "z-image", "prompt": "x", "teacache": {BIG}}}'.encode(), "'teacache' must be"),
     ],
 )
-def test_bad_requests_get_400_with_a_message(engine, body, message):
+def test_bad_requests_get_400_with_a_message(engine, route, body, message):
+    path, error_of = route
     with engine.http() as http:
-        response = http.post("/api/generate", content=body)
-        assert response.status_code == 400
-        assert message in response.json()["error"]
+        response = http.post(path, content=body)
+        assert response.status_code == 400, response.text
+        assert message in error_of(response)
+        assert len(error_of(response)) < 300  # a 400-digit number is not echoed whole
         assert http.get("/api/version").status_code == 200  # still serving
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        (b'{"model": "z-image", "prompt": "x", "size": "100x100"}', "multiple of 16"),
-        (b'{"model": "z-image", "prompt": "x", "size": "big"}', "invalid size"),
-        (b'{"model": "z-image"}', "missing 'prompt'"),
-        (b'{"model": "z-image", "prompt": "x", "response_format": "gif"}', "response_format"),
-        (b'{"model": "z-image", "prompt": "x", "output_format": "jpeg"}', "only 'png'"),
-        (b"nope", "invalid JSON"),
-    ],
-)
-def test_openai_route_errors_in_openai_shape(engine, body, message):
-    with engine.http() as http:
-        response = http.post("/v1/images/generations", content=body)
-        assert response.status_code == 400
-        error = response.json()["error"]
-        assert message in error["message"] and error["type"] == "invalid_request_error"
 
 
 def test_unknown_routes_and_methods_answer_json(engine):
@@ -187,17 +227,9 @@ def test_unknown_routes_and_methods_answer_json(engine):
 
 
 def test_serve_in_the_foreground_answers_on_tcp_and_the_socket(world):
-    serve = world.popen("serve", "--host", "127.0.0.1:0", stderr=subprocess.PIPE, text=True)
+    serve, url = world.serve()
     try:
-        url = None
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = serve.stderr.readline()
-            if "listening on" in line:
-                url = line.rsplit(" and ", 1)[1].split(";")[0].strip()
-        assert url and url.startswith("http://127.0.0.1:")
-        import httpx
-
+        assert url.startswith("http://127.0.0.1:")
         assert httpx.get(f"{url}/api/version", timeout=10).status_code == 200
         with world.http() as http:
             assert http.get("/api/ps").json() == {"models": []}
@@ -212,3 +244,14 @@ def test_serve_in_the_foreground_answers_on_tcp_and_the_socket(world):
         serve.communicate(timeout=30)
     assert serve.returncode == 0
     assert not world.socket.exists()
+
+
+@pytest.mark.parametrize("host", ["1.2.3.4:8080", "no-such-host.invalid:8080"])
+def test_serve_that_cannot_listen_on_tcp_leaves_no_socket(world, host):
+    result = world.cli("serve", "--host", host)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: cannot listen on {host}: "), result.stderr
+    assert world.engine_pid() is None
+    assert world.runtime.is_dir() and not world.socket.exists()
+    assert world.start_engine() is not None  # and the next engine starts as usual

@@ -33,7 +33,28 @@ def test_negative_means_forever(value):
     assert math.isinf(parse_keepalive(value))
 
 
-@pytest.mark.parametrize("value", ["", "5 minutes", "m5", "5d", "abc", None, True, [1], "1h-5m"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "5 minutes",
+        "m5",
+        "5d",
+        "abc",
+        None,
+        True,
+        [1],
+        "1h-5m",
+        "inf",
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+        10**400,
+        -(10**400),
+        "1" + "0" * 400,
+        "9" * 400 + "h",
+    ],
+)
 def test_nonsense_is_a_user_error_naming_the_value(value):
     with pytest.raises(UserError, match="keep_alive"):
         parse_keepalive(value)

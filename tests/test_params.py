@@ -2,7 +2,14 @@
 
 import pytest
 
-from ollama_img.engine.params import MAX_IMAGES, generate_params, model_name, parse_json_object, parse_size
+from ollama_img.engine.params import (
+    MAX_IMAGES,
+    MAX_STEPS,
+    generate_params,
+    model_name,
+    parse_json_object,
+    parse_size,
+)
 from ollama_img.errors import UserError
 
 
@@ -54,11 +61,28 @@ def test_defaults_are_left_to_the_model():
         ({"teacache": -0.1}, "'teacache' must be at least 0"),
         ({"teacache": "yes"}, "'teacache' must be a number"),
         ({"prompt": "   "}, "empty prompt"),
+        ({"guidance": float("inf")}, "'guidance' must be a finite number, got Infinity"),
+        ({"guidance": float("-inf")}, "'guidance' must be a finite number, got -Infinity"),
+        ({"guidance": float("nan")}, "'guidance' must be a finite number, got NaN"),
+        ({"teacache": float("inf")}, "'teacache' must be a finite number"),
+        ({"guidance": 10**400}, "'guidance' must be a finite number, got 1000"),
+        ({"teacache": 10**400}, "'teacache' must be a finite number"),
+        ({"keep_alive": 10**400}, "invalid keep_alive"),
+        ({"keep_alive": float("inf")}, "invalid keep_alive"),
+        ({"steps": float("inf")}, "'steps' must be an integer, got Infinity"),
+        ({"steps": 10**400}, "'steps' must be at most 10000, got 1000"),
+        ({"steps": MAX_STEPS + 1}, f"'steps' must be at most {MAX_STEPS}"),
     ],
 )
 def test_bad_fields_are_named(body, message):
     with pytest.raises(UserError, match=message):
         params(**body)
+
+
+def test_huge_values_are_not_echoed_whole():
+    with pytest.raises(UserError) as caught:
+        params(guidance=10**400)
+    assert len(str(caught.value)) < 100
 
 
 def test_integral_floats_are_integers():
@@ -69,7 +93,13 @@ def test_integral_floats_are_integers():
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [(b"", "empty request body"), (b"{nope", "invalid JSON"), (b"[1, 2]", "must be a JSON object")],
+    [
+        (b"", "empty request body"),
+        (b"{nope", "invalid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b"\xff", "invalid JSON"),
+        (b'{"seed": ' + b"9" * 5000 + b"}", "invalid JSON"),  # beyond Python's int-from-text limit
+    ],
 )
 def test_bodies_that_are_not_json_objects(raw, message):
     with pytest.raises(UserError, match=message):

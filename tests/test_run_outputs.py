@@ -3,6 +3,9 @@
 import io
 import os
 import re
+import socket
+import stat
+import threading
 
 import pytest
 
@@ -57,31 +60,87 @@ def test_impossible_outputs_fail_before_generating(tmp_path):
         outputs.check_output(str(tmp_path / "missing" / "x.png"), 1)
     with pytest.raises(UserError, match="-o - writes one image"):
         outputs.check_output("-", 2)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(UserError, match="file is not a folder"):
+        outputs.check_output(str(tmp_path / "file" / "x.png"), 1)
+    with pytest.raises(UserError, match="file is not a folder"):
+        outputs.check_output(str(tmp_path / "file" / "sub") + os.sep, 1)
     outputs.check_output(str(tmp_path / "fine.png"), 1)
+    outputs.check_output(str(tmp_path / "new" / "deeper") + os.sep, 2)  # created when saving
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_unwritable_folder_fails_before_generating(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(UserError, match="folder .*locked is not writable"):
+        outputs.check_output(str(locked / "x.png"), 1)
+    with pytest.raises(UserError, match="is not writable"):
+        outputs.check_output(str(locked / "sub") + os.sep, 1)
+    monkeypatch.chdir(locked)
+    with pytest.raises(UserError, match="is not writable"):
+        outputs.check_output(None, 1)
+
+
+def test_a_symlink_is_written_through(tmp_path):
+    target = tmp_path / "real.png"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.png"
+    link.symlink_to(target)
+    outputs.check_output(str(link), 1)
+    assert outputs.save([b"new"], [1], "z-image", str(link)) == [link]
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_bytes() == b"new"
+    dangling = tmp_path / "dangling.png"
+    dangling.symlink_to(tmp_path / "made.png")
+    outputs.save([b"made"], [1], "z-image", str(dangling))
+    assert dangling.is_symlink() and (tmp_path / "made.png").read_bytes() == b"made"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.png", "link.png", "made.png", "real.png"]
+
+
+def test_a_fifo_is_written_into_not_replaced(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "to-pipe.png"
+    link.symlink_to(fifo)
+    received = []
+    for output in (fifo, link):
+        reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+        reader.start()
+        outputs.check_output(str(output), 1)
+        assert outputs.save([b"png bytes"], [1], "z-image", str(output)) == [output]
+        reader.join(timeout=10)
+        assert stat.S_ISFIFO(fifo.stat().st_mode) and link.is_symlink()
+    assert received == [b"png bytes", b"png bytes"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe", "to-pipe.png"]
+
+
+def test_a_failed_save_is_one_error_and_leaves_nothing(tmp_path):
+    """A path that cannot take a file (here a Unix socket: opening it fails) is a UserError, not a traceback."""
+    sock_path = tmp_path / "s"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    try:
+        with pytest.raises(UserError, match=f"cannot save to {sock_path}: No such device or address"):
+            outputs.save([b"png"], [1], "z-image", str(sock_path))
+        saved_first = tmp_path / "out"
+        saved_first.mkdir()
+        (saved_first / "many-2.png").mkdir()  # the second of two images cannot be written
+        with pytest.raises(UserError, match=r"many.png: .*\(saved: .*many-1.png\)"):
+            outputs.save([b"a", b"b"], [1, 2], "z-image", str(saved_first / "many.png"))
+        assert sorted(p.name for p in saved_first.iterdir()) == ["many-1.png", "many-2.png"]
+    finally:
+        server.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "s"]
 
 
 def options(**kw):
-    base = dict(
-        model="z-image",
-        width=None,
-        height=None,
-        size=None,
-        steps=None,
-        seed=None,
-        guidance=None,
-        negative=None,
-        output=None,
-        count=1,
-        no_open=False,
-        keepalive=None,
-        format_=None,
-    )
-    return build_options(**{**base, **kw})
+    return build_options("z-image", **kw)
 
 
 def test_a_folder_instead_of_a_name_says_to_import_it(tmp_path):
     with pytest.raises(UserError, match="import it first: ollama-img create NAME -f"):
-        options(model=str(tmp_path))
+        build_options(str(tmp_path))
 
 
 def test_flags_are_checked_up_front():
@@ -90,10 +149,32 @@ def test_flags_are_checked_up_front():
         options(size="64x64", width=64)
     with pytest.raises(UserError, match="only format is json"):
         options(format_="yaml")
-    with pytest.raises(UserError, match="keep_alive"):
+    with pytest.raises(UserError, match="invalid --keepalive 'later'"):
         options(keepalive="later")
     with pytest.raises(UserError, match="both write to stdout"):
         options(output="-", format_="json")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"steps": 0}, "--steps must be at least 1, got 0"),
+        ({"width": 17}, "--width must be a multiple of 16, got 17"),
+        ({"height": 8}, "--height must be at least 16, got 8"),
+        ({"seed": -1}, "--seed must be at least 0, got -1"),
+        ({"seed": 2**63 - 1, "count": 2}, "--seed must be at most"),
+        ({"guidance": -1.0}, "--guidance must be at least 0, got -1.0"),
+        ({"guidance": float("inf")}, "--guidance must be a finite number, got Infinity"),
+        ({"guidance": float("nan")}, "--guidance must be a finite number, got NaN"),
+        ({"teacache": float("inf")}, "--teacache must be a finite number, got Infinity"),
+        ({"teacache": -0.1}, "--teacache must be at least 0, got -0.1"),
+        ({"keepalive": "1" + "0" * 400}, "invalid --keepalive '1000"),
+    ],
+)
+def test_bad_values_name_the_flag(flags, message):
+    with pytest.raises(UserError) as caught:
+        options(**flags)
+    assert str(caught.value).startswith(message)
 
 
 def test_the_request_carries_only_what_was_asked():

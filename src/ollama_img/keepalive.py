@@ -25,9 +25,13 @@ def parse_keepalive(value) -> float:
         raise UserError(
             f"invalid keep_alive {value!r}: use a duration such as 5m, 30s, 1h, or -1 for forever"
         )
-    seconds = float(value) if isinstance(value, int | float) else _parse_text(value.strip())
-    if math.isnan(seconds):
-        raise UserError(f"invalid keep_alive {value!r}")
+    try:
+        seconds = float(value) if isinstance(value, int | float) else _parse_text(value.strip())
+    except OverflowError:  # an integer beyond any float
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+        raise UserError(f"invalid keep_alive {shown}: not a finite duration; use e.g. 5m, or -1 for forever")
     return FOREVER if seconds < 0 else seconds
 
 

@@ -16,14 +16,14 @@ PS_HEADERS = ["NAME", "ID", "SIZE", "PROCESSOR", "UNTIL"]
 def ps_rows(models: list[dict]) -> list[list[str]]:
     rows = []
     for m in models:
-        left = m.get("expires_in")
+        left = m.get("expires_in")  # None: kept until stopped
         rows.append(
             [
                 m["name"],
                 m.get("id") or "",
                 human_bytes(int(m.get("size") or 0)),
                 m.get("processor") or "",
-                human_until(None if m.get("expires_at") is None else float(left or 0)),
+                human_until(None if left is None else float(left)),
             ]
         )
     return rows

@@ -1,13 +1,16 @@
 """Where `run` puts its images: default names in the current folder, a folder, a file, or stdout.
 
 Files appear whole or not at all (written aside, then linked or renamed into place), so a Ctrl-C never
-leaves half a PNG; a default name never replaces an existing file.
+leaves half a PNG; a default name never replaces an existing file. A named output that is a symlink is
+written through (its target is replaced, the link stays), and one that is not a regular file (a FIFO, a
+device) is opened and written, never replaced.
 """
 
 import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ollama_img.errors import UserError
@@ -29,32 +32,64 @@ def is_folder(output: str) -> bool:
 
 def check_output(output: str | None, count: int):
     """Fail before generating when the images could not be saved as asked."""
-    if output is None or output == STDOUT or is_folder(output):
-        if output == STDOUT and count != 1:
+    if output == STDOUT:
+        if count != 1:
             raise UserError("-o - writes one image to stdout; use -n 1 or an output folder")
         return
-    parent = Path(output).expanduser().parent
-    if not parent.is_dir():
-        raise UserError(f"cannot save to {output}: folder {parent} does not exist")
+    if output is None or is_folder(output):
+        folder = Path(output).expanduser() if output else Path.cwd()
+        while not folder.exists() and folder != folder.parent:  # save() creates what is missing
+            folder = folder.parent
+        _check_writable_folder(output or str(folder), folder)
+        return
+    named = Path(output).expanduser()
+    if count != 1:  # NAME-1.png, NAME-2.png... next to it
+        _check_writable_folder(output, named.parent)
+        return
+    target = Path(os.path.realpath(named))
+    if target.exists() and not target.is_file():  # a FIFO or a device: written in place
+        if not os.access(target, os.W_OK):
+            raise UserError(f"cannot save to {output}: permission denied")
+        return
+    _check_writable_folder(output, target.parent)
+
+
+def _check_writable_folder(output: str, folder: Path):
+    if not folder.exists():
+        raise UserError(f"cannot save to {output}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UserError(f"cannot save to {output}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot save to {output}: folder {folder} is not writable")
 
 
 def save(pngs: list[bytes], seeds: list[int], model: str, output: str | None) -> list[Path]:
-    """Write the images; returns their absolute paths."""
+    """Write the images; returns their absolute paths. UserError (naming what was saved) if one fails."""
+    saved: list[Path] = []
+    try:
+        for path in _write_all(pngs, seeds, model, output):
+            saved.append(path)
+    except OSError as exc:
+        where = output or str(Path.cwd())
+        done = f" (saved: {', '.join(map(str, saved))})" if saved else ""
+        raise UserError(f"cannot save to {where}: {exc.strerror or exc}{done}") from None
+    return saved
+
+
+def _write_all(pngs: list[bytes], seeds: list[int], model: str, output: str | None) -> Iterator[Path]:
     if output is None or is_folder(output):
         folder = Path(output).expanduser() if output else Path.cwd()
         folder.mkdir(parents=True, exist_ok=True)
         now = time.time()
-        return [
-            write_new(folder / default_name(model, seed, now), png)
-            for png, seed in zip(pngs, seeds, strict=True)
-        ]
+        for png, seed in zip(pngs, seeds, strict=True):
+            yield write_new(folder / default_name(model, seed, now), png)
+        return
     target = Path(output).expanduser()
     if len(pngs) == 1:
-        return [write_replacing(target, pngs[0])]
-    return [
-        write_replacing(target.with_name(f"{target.stem}-{i}{target.suffix or '.png'}"), png)
-        for i, png in enumerate(pngs, 1)
-    ]
+        yield write_replacing(target, pngs[0])
+        return
+    for i, png in enumerate(pngs, 1):
+        yield write_replacing(target.with_name(f"{target.stem}-{i}{target.suffix or '.png'}"), png)
 
 
 def _write_aside(folder: Path, data: bytes) -> Path:
@@ -88,8 +123,7 @@ def write_new(path: Path, data: bytes) -> Path:
                 continue
             except OSError:  # a file system without hard links: exclusive create instead
                 try:
-                    with open(candidate, "xb") as f:
-                        f.write(data)
+                    _create_new(candidate, data)
                 except FileExistsError:
                     continue
             return candidate.absolute()
@@ -99,11 +133,28 @@ def write_new(path: Path, data: bytes) -> Path:
             tmp.unlink()
 
 
+def _create_new(path: Path, data: bytes):
+    """Create `path` (FileExistsError if taken) and write it; a failed write leaves no partial file."""
+    with open(path, "xb") as f:
+        try:
+            f.write(data)
+            f.flush()
+        except BaseException:
+            os.unlink(path)
+            raise
+
+
 def write_replacing(path: Path, data: bytes) -> Path:
-    """Write to exactly `path` (the user named it), replacing it whole."""
-    tmp = _write_aside(path.parent, data)
+    """Write to exactly `path` (the user named it): through a symlink to its target, into a FIFO or device
+    as it is, and otherwise by replacing the file whole."""
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_file():
+        with open(target, "wb") as f:
+            f.write(data)
+        return path.absolute()
+    tmp = _write_aside(target.parent, data)
     try:
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -21,8 +21,8 @@ from ollama_img.cli import outputs
 from ollama_img.cli.app import OPTIONAL_VALUES, app
 from ollama_img.cli.completion import complete_model_names
 from ollama_img.cli.progress import make_progress
+from ollama_img.engine.params import MAX_IMAGES, generate_params, parse_size
 from ollama_img.errors import UserError
-from ollama_img.keepalive import parse_keepalive
 from ollama_img.names import ModelName
 from ollama_img.teacache import DEFAULT_THRESHOLD
 
@@ -71,12 +71,6 @@ class RunOptions:
         return body
 
 
-def parse_size(size: str) -> tuple[int, int]:
-    from ollama_img.engine.params import parse_size as parse
-
-    return parse(size)
-
-
 def should_open(options: RunOptions, stdout_is_tty: bool) -> bool:
     """Open the viewer only for a person at a terminal with a display, and only when not told otherwise."""
     if options.no_open or options.json or options.output == outputs.STDOUT or not stdout_is_tty:
@@ -108,12 +102,11 @@ def generate(options: RunOptions, prompt: str | None) -> dict:
     try:
         with contextlib.closing(engine_events(options.request(prompt))) as events:
             for event in events:
-                if event.get("done"):
-                    return event
-                progress.update(event)
+                if not event.get("done"):
+                    progress.update(event)
     finally:
         progress.close()
-    raise UserError("the engine ended the stream without a result")
+    return event  # the client raises unless the stream ends with the final object
 
 
 def report(options: RunOptions, prompt: str, final: dict, paths: list[Path]):
@@ -132,7 +125,7 @@ def report(options: RunOptions, prompt: str, final: dict, paths: list[Path]):
             "guidance": final.get("guidance"),
             "durations": {
                 key: round(final.get(f"{key}_duration", 0) / NS, 4)
-                for key in ("total", "load", "queue", "generate")
+                for key in ("total", "load", "queue", "generate", "encode")
             },
         }
         print(json.dumps(summary))
@@ -161,7 +154,7 @@ def generate_and_save(options: RunOptions, prompt: str):
 
 def interactive(options: RunOptions):
     """`>>> ` prompts until /bye or Ctrl-D; Ctrl-C cancels the image being made, not the session."""
-    if options.output not in (None,) and not outputs.is_folder(options.output):
+    if options.output is not None and not outputs.is_folder(options.output):
         raise UserError("in interactive mode -o must be a folder (each prompt makes a new file)")
     generate(options, None)  # load the model now (and fail now if it does not exist)
     while True:
@@ -192,21 +185,35 @@ def interactive(options: RunOptions):
             print(f"Error: {exc}", file=sys.stderr)
 
 
+# The flag each request field comes from, so a rejected value is named as the user typed it.
+FLAGS = {
+    "width": "--width",
+    "height": "--height",
+    "steps": "--steps",
+    "seed": "--seed",
+    "guidance": "--guidance",
+    "negative_prompt": "--negative",
+    "teacache": "--teacache",
+    "n": "--count",
+}
+
+
 def build_options(
-    model,
-    width,
-    height,
-    size,
-    steps,
-    seed,
-    guidance,
-    negative,
-    output,
-    count,
-    no_open,
-    keepalive,
-    format_,
-    teacache=None,
+    model: str,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    size: str | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    guidance: float | None = None,
+    negative: str | None = None,
+    output: str | None = None,
+    count: int = 1,
+    no_open: bool = False,
+    keepalive: str | None = None,
+    format_: str | None = None,
+    teacache: float | None = None,
 ) -> RunOptions:
     """Check the flags before anything starts, so mistakes cost nothing."""
     if os.sep in model and Path(model).expanduser().is_dir():
@@ -220,18 +227,13 @@ def build_options(
         width, height = parse_size(size)
     if format_ is not None and format_ != "json":
         raise UserError(f"unsupported --format {format_!r}: the only format is json")
-    if keepalive is not None:
-        parse_keepalive(keepalive)
-    if teacache is not None and teacache < 0:
-        raise UserError(f"--teacache must be >= 0, got {teacache:g}")
     if output == outputs.STDOUT and format_ == "json":
         raise UserError("-o - and --format json both write to stdout; choose one")
     if output == outputs.STDOUT and sys.stdout.isatty():
         raise UserError(
             "refusing to write PNG bytes to a terminal: redirect stdout (-o - > image.png) or pipe it"
         )
-    outputs.check_output(output, count)
-    return RunOptions(
+    options = RunOptions(
         model=model,
         width=width,
         height=height,
@@ -246,6 +248,21 @@ def build_options(
         json=format_ == "json",
         teacache=teacache,
     )
+    check_request(options)
+    outputs.check_output(output, count)
+    return options
+
+
+def check_request(options: RunOptions):
+    """The engine's own checks on the request these flags make (no model needed), naming the flags."""
+    try:
+        generate_params(options.request("-"), options.model, "-")
+    except UserError as exc:
+        message = str(exc)
+        for field, flag in FLAGS.items():
+            if message.startswith(f"'{field}' "):
+                message = flag + message.removeprefix(f"'{field}'")
+        raise UserError(message.replace("keep_alive", "--keepalive", 1)) from None
 
 
 OPTIONAL_VALUES["--teacache"] = str(DEFAULT_THRESHOLD)
@@ -272,7 +289,7 @@ def run(
         None, "--output", "-o", help="A file, a folder, or - for PNG bytes on stdout (default: this folder)."
     ),
     count: int = typer.Option(
-        1, "--count", "-n", min=1, max=10, help="Number of images (seeds seed, seed+1, ...)."
+        1, "--count", "-n", min=1, max=MAX_IMAGES, help="Number of images (seeds seed, seed+1, ...)."
     ),
     no_open: bool = typer.Option(False, "--no-open", help="Do not open the image in a viewer."),
     keepalive: str | None = typer.Option(
@@ -291,19 +308,19 @@ def run(
     """Generate images from a prompt (starts the engine if needed)."""
     options = build_options(
         model,
-        width,
-        height,
-        size,
-        steps,
-        seed,
-        guidance,
-        negative,
-        output,
-        count,
-        no_open,
-        keepalive,
-        format_,
-        teacache,
+        width=width,
+        height=height,
+        size=size,
+        steps=steps,
+        seed=seed,
+        guidance=guidance,
+        negative=negative,
+        output=output,
+        count=count,
+        no_open=no_open,
+        keepalive=keepalive,
+        format_=format_,
+        teacache=teacache,
     )
     text = " ".join(prompt) if prompt else None
     if text is None and not sys.stdin.isatty():

@@ -3,8 +3,7 @@
 Kept in one place so the HTTP routes never depend on the store's internals.
 """
 
-from datetime import UTC, datetime
-
+from ollama_img.engine import utc_iso
 from ollama_img.names import ModelName
 
 
@@ -30,25 +29,24 @@ def canonical(name: str) -> str:
     return str(ModelName.parse(name))
 
 
+def models() -> list:
+    """Every readable model in the store (its `name`, `modified` time and `manifest`), newest first."""
+    return [entry for entry in _store().list() if entry.manifest is not None]
+
+
 def tags() -> list[dict]:
     """Every readable model in the store, as ollama's /api/tags lists them."""
-    models = []
-    for entry in _store().list():
-        if entry.manifest is None:
-            continue
-        name = str(entry.name)
-        manifest = entry.manifest
-        models.append(
-            {
-                "name": name,
-                "model": name,
-                "modified_at": datetime.fromtimestamp(entry.modified, UTC).isoformat().replace("+00:00", "Z"),
-                "size": manifest.total_size,
-                "digest": manifest.digest,
-                "details": _details(manifest.config),
-            }
-        )
-    return models
+    return [
+        {
+            "name": str(entry.name),
+            "model": str(entry.name),
+            "modified_at": utc_iso(entry.modified),
+            "size": entry.manifest.total_size,
+            "digest": entry.manifest.digest,
+            "details": _details(entry.manifest.config),
+        }
+        for entry in models()
+    ]
 
 
 def show(name: str) -> dict:

@@ -6,7 +6,6 @@ next denoising step if running.
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -16,10 +15,6 @@ from ollama_img.engine.jobs import Event, Job
 from ollama_img.engine.params import GenerateParams
 from ollama_img.engine.scheduler import Scheduler
 from ollama_img.errors import UserError
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def error_status(exc: Exception) -> int:

@@ -23,15 +23,17 @@ class JobCancelled(Exception):
 
 @dataclass
 class Timings:
-    """Seconds spent waiting in the queue, loading the model, and generating."""
+    """Seconds spent waiting in the queue, loading the model, generating, and encoding the PNGs."""
 
     queue: float = 0.0
     load: float = 0.0
     generate: float = 0.0
+    encode: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.queue + self.load + self.generate
+        """From the request to the answer: every part above."""
+        return self.queue + self.load + self.generate + self.encode
 
 
 @dataclass

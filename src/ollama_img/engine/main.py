@@ -89,20 +89,18 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
     listeners = []
     try:
         unix = runtime.UnixListener(runtime.socket_path())
+        listeners.append(unix)  # removed on the way out, even when TCP cannot be bound
         sockets = [unix.sock]
         if tcp is not None:
             sockets.append(bind_tcp(*tcp))
-        listeners = [unix]
         scheduler = Scheduler(default_keepalive=keepalive, max_loaded=max_loaded)
-        holder = {}
 
-        def on_idle():
-            holder["server"].should_exit = True
+        def on_idle():  # called while serving, so `server` is set by then
+            server.should_exit = True
 
         app = create_app(scheduler, processor=processor, idle_exit=idle_exit, on_idle=on_idle)
         config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=3)
         server = _server_class()(config)
-        holder["server"] = server
         where = [f"unix:{unix.path}"] + [url_of(s) for s in sockets[1:]]
         log.info(
             "ollama-img %s engine (pid %d) listening on %s; %s; keep-alive %s s; idle exit %s",

@@ -118,16 +118,13 @@ async def images_generations(request: Request):
 
 
 async def list_models(request: Request):
-    tags = await run_in_threadpool(catalog.tags)
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": [
-                {"id": t["name"], "object": "model", "created": t.get("created", 0), "owned_by": "library"}
-                for t in tags
-            ],
-        }
-    )
+    """OpenAI's model list; `created` is when the model was created (or copied) in the store."""
+    entries = await run_in_threadpool(catalog.models)
+    data = [
+        {"id": str(e.name), "object": "model", "created": int(e.modified), "owned_by": "library"}
+        for e in entries
+    ]
+    return JSONResponse({"object": "list", "data": data})
 
 
 def routes() -> list[Route]:

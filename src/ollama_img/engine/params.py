@@ -5,6 +5,7 @@ person can act on; the model-specific limits (its size range) are checked by the
 """
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from ollama_img.names import ModelName
 
 MAX_IMAGES = 10  # as OpenAI's images API
 MAX_SEED = 2**63 - 1
+MAX_STEPS = 10_000  # far beyond any useful schedule; a bigger number is a typo, not a request
 SIZE_MULTIPLE = 16
 
 
@@ -40,11 +42,17 @@ def parse_json_object(raw: bytes) -> dict:
         raise UserError("empty request body: send a JSON object")
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer too long to convert
         raise UserError(f"invalid JSON in request body: {exc}") from None
     if not isinstance(body, dict):
         raise UserError("request body must be a JSON object")
     return body
+
+
+def shown(value, limit: int = 40) -> str:
+    """A value as JSON for an error message, cut short when long (a 400-digit number, a huge list)."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def model_name(body: dict) -> str:
@@ -61,11 +69,11 @@ def optional_int(body: dict, key: str, *, minimum: int, maximum: int | None = No
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"'{key}' must be an integer, got {json.dumps(value)}")
+        raise UserError(f"'{key}' must be an integer, got {shown(value)}")
     if value < minimum:
-        raise UserError(f"'{key}' must be at least {minimum}, got {value}")
+        raise UserError(f"'{key}' must be at least {minimum}, got {shown(value)}")
     if maximum is not None and value > maximum:
-        raise UserError(f"'{key}' must be at most {maximum}, got {value}")
+        raise UserError(f"'{key}' must be at most {maximum}, got {shown(value)}")
     return value
 
 
@@ -73,11 +81,17 @@ def optional_float(body: dict, key: str, *, minimum: float) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise UserError(f"'{key}' must be a number, got {json.dumps(value)}")
-    if value < minimum:
-        raise UserError(f"'{key}' must be at least {minimum}, got {value}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UserError(f"'{key}' must be a number, got {shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not math.isfinite(number):
+        raise UserError(f"'{key}' must be a finite number, got {shown(value)}")
+    if number < minimum:
+        raise UserError(f"'{key}' must be at least {minimum:g}, got {shown(value)}")
+    return number
 
 
 def optional_str(body: dict, key: str) -> str | None:
@@ -85,7 +99,7 @@ def optional_str(body: dict, key: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise UserError(f"'{key}' must be a string, got {json.dumps(value)}")
+        raise UserError(f"'{key}' must be a string, got {shown(value)}")
     return value
 
 
@@ -94,7 +108,7 @@ def optional_bool(body: dict, key: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise UserError(f"'{key}' must be true or false, got {json.dumps(value)}")
+        raise UserError(f"'{key}' must be true or false, got {shown(value)}")
     return value
 
 
@@ -137,7 +151,7 @@ def generate_params(body: dict, model: str, prompt: str) -> GenerateParams:
         prompt=prompt,
         width=dimension(body, "width"),
         height=dimension(body, "height"),
-        steps=optional_int(body, "steps", minimum=1),
+        steps=optional_int(body, "steps", minimum=1, maximum=MAX_STEPS),
         guidance=optional_float(body, "guidance", minimum=0.0),
         negative_prompt=optional_str(body, "negative_prompt") or None,
         seed=seed,

@@ -2,13 +2,13 @@
 
 All MLX work (loading, generating, freeing) runs in ONE worker thread: MLX calls block, and arrays are
 best created and used on the same thread. The event loop only keeps the books: the queue, which models
-are loaded and until when, and the events each job sends to its client.
+are loaded and until when, and the events each job sends to its client. A finished job's PNGs are
+encoded on other threads while the next job already runs on the device.
 """
 
 import asyncio
 import contextlib
 import gc
-import inspect
 import logging
 import math
 import time
@@ -72,33 +72,16 @@ def _release(holder: list):
         pass
 
 
-def _generate_defaults(pipe) -> dict:
-    """The pipeline's own defaults (size, steps, guidance): its `defaults` record, else generate()'s signature."""
-    defaults = getattr(pipe, "defaults", None)
-    if defaults is not None:
-        return {
-            k: getattr(defaults, k) for k in ("width", "height", "steps", "guidance") if hasattr(defaults, k)
-        }
-    params = inspect.signature(pipe.generate).parameters.values()
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-
-
-def _default_loader(name: str):
-    from ollama_img import load_pipeline
-
-    return load_pipeline(name)
-
-
 class Scheduler:
     """The queue, the loaded models, and the single device worker."""
 
-    def __init__(self, *, default_keepalive: float, max_loaded: int = 1, load=_default_loader):
+    def __init__(self, *, default_keepalive: float, max_loaded: int = 1):
         self.default_keepalive = default_keepalive
-        self.max_loaded = max(1, max_loaded)
-        self._load = load
+        self.max_loaded = max_loaded
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx-worker")
         self._queue: deque[Job] = deque()
         self._running: Job | None = None
+        self._finishing: set[asyncio.Task] = set()  # jobs off the device whose PNGs are being encoded
         self._loaded: dict[str, LoadedModel] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -120,6 +103,10 @@ class Scheduler:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        finishing = list(self._finishing)
+        for task in finishing:
+            task.cancel()
+        await asyncio.gather(*finishing, return_exceptions=True)
         holders = [[m.pipe] for m in self._loaded.values()]
         self._loaded.clear()
         for holder in holders:
@@ -130,8 +117,8 @@ class Scheduler:
 
     @property
     def idle(self) -> bool:
-        """Nothing loaded, queued or running: the engine may exit."""
-        return not self._loaded and not self._queue and self._running is None
+        """Nothing loaded, queued, running or being encoded: the engine may exit."""
+        return not self._loaded and not self._queue and self._running is None and not self._finishing
 
     def loaded_models(self) -> list[LoadedModel]:
         return sorted(self._loaded.values(), key=lambda m: m.name)
@@ -139,9 +126,8 @@ class Scheduler:
     def check(self, params: GenerateParams):
         """Reject a request the loaded model cannot do, before it waits in the queue."""
         model = self._loaded.get(params.model)
-        if model is None or not params.prompt:
-            return
-        self._validate(model.pipe, params)
+        if model is not None:
+            self._validate(model.pipe, params)
 
     def submit(self, params: GenerateParams, digest: str | None) -> Job:
         """Queue a job; its events say where it stands. An empty prompt only loads the model."""
@@ -209,6 +195,7 @@ class Scheduler:
         return await self._loop.run_in_executor(self._worker, fn, *args)
 
     async def _run(self, job: Job):
+        """Run a job on the device; its PNGs are encoded (and it is answered) in a task of its own."""
         self._running = job
         timings = Timings(queue=time.monotonic() - job.created)
         params = job.params
@@ -227,19 +214,9 @@ class Scheduler:
             finally:
                 model.busy = False
                 model.keep_for(0 if model.stop_requested else keepalive)
-            result = await self._result(job, model, images, resolved, timings)
-            job.emit(Event(DONE, result=result))
-            if images:
-                log.info(
-                    "job %d done: %s, %d image(s) %dx%d, %d steps in %.2fs",
-                    job.id,
-                    model.name,
-                    len(images),
-                    resolved["width"],
-                    resolved["height"],
-                    resolved["steps"],
-                    timings.generate,
-                )
+            task = asyncio.create_task(self._finish(job, model, images, resolved, timings))
+            self._finishing.add(task)
+            task.add_done_callback(self._finishing.discard)
         except JobCancelled:
             log.info("job %d cancelled", job.id)
             job.emit(Event(CANCELLED))
@@ -251,6 +228,38 @@ class Scheduler:
             job.emit(Event(FAILED, error=exc))
         finally:
             self._running = None
+
+    async def _finish(self, job: Job, model: LoadedModel, images, resolved: dict, timings: Timings):
+        """Encode the PNGs (CPU work: on other threads, while the device runs the next job), then answer."""
+        try:
+            job.check_cancelled()
+            started = time.monotonic()
+            result = await self._result(job, model, images, resolved, timings)
+            timings.encode = time.monotonic() - started
+        except JobCancelled:
+            log.info("job %d cancelled", job.id)
+            job.emit(Event(CANCELLED))
+            return
+        except asyncio.CancelledError:  # the engine is closing
+            job.emit(Event(CANCELLED))
+            raise
+        except Exception as exc:
+            log.exception("job %d failed", job.id)
+            job.emit(Event(FAILED, error=exc))
+            return
+        job.emit(Event(DONE, result=result))
+        if images:
+            log.info(
+                "job %d done: %s, %d image(s) %dx%d, %d steps in %.2fs (+%.2fs encoding)",
+                job.id,
+                model.name,
+                len(images),
+                resolved["width"],
+                resolved["height"],
+                resolved["steps"],
+                timings.generate,
+                timings.encode,
+            )
 
     async def _ensure_loaded(self, job: Job, timings: Timings) -> LoadedModel:
         name = job.params.model
@@ -289,19 +298,23 @@ class Scheduler:
 
     # -- on the worker thread --------------------------------------------------------------------
 
-    def _load_and_measure(self, name: str):
+    @staticmethod
+    def _load_and_measure(name: str):
         # MLX streams are per thread: everything that touches the model's arrays stays on the worker.
-        pipe = self._load(name)
+        from ollama_img import load_pipeline
+
+        pipe = load_pipeline(name)
         return pipe, int(pipe.resident_bytes)
 
     @staticmethod
     def _resolve(pipe, params: GenerateParams) -> dict:
-        defaults = _generate_defaults(pipe)
+        """The request with the pipeline's defaults (size, steps, guidance) for what it leaves out."""
+        defaults = pipe.defaults
         return {
-            "width": params.width or defaults.get("width", 1024),
-            "height": params.height or defaults.get("height", 1024),
-            "steps": params.steps or defaults.get("steps"),
-            "guidance": defaults.get("guidance", 0.0) if params.guidance is None else params.guidance,
+            "width": params.width or defaults.width,
+            "height": params.height or defaults.height,
+            "steps": params.steps or defaults.steps,
+            "guidance": defaults.guidance if params.guidance is None else params.guidance,
         }
 
     def _validate(self, pipe, params: GenerateParams) -> dict:

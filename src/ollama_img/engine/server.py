@@ -11,7 +11,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -21,12 +20,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from starlette.routing import Route
 
 from ollama_img import __version__
-from ollama_img.engine import catalog, openai_api
+from ollama_img.engine import catalog, openai_api, utc_iso
 from ollama_img.engine.handling import (
     error_message,
     error_status,
     events_until_disconnect,
-    now_iso,
     outcome_unless_disconnected,
     submit,
 )
@@ -51,7 +49,7 @@ NS = 1_000_000_000
 
 
 def _progress_line(model: str, event: Event) -> dict | None:
-    base = {"model": model, "created_at": now_iso(), "done": False}
+    base = {"model": model, "created_at": utc_iso(), "done": False}
     if event.kind == QUEUED:
         return {**base, "status": "queued", "queue_position": event.position}
     if event.kind == LOADING:
@@ -70,7 +68,7 @@ def _final_line(model: str, event: Event) -> dict:
     t = result.timings
     body = {
         "model": model,
-        "created_at": now_iso(),
+        "created_at": utc_iso(),
         "done": True,
         "done_reason": "stop" if result.pngs else "load",
     }
@@ -89,6 +87,7 @@ def _final_line(model: str, event: Event) -> dict:
         load_duration=int(t.load * NS),
         queue_duration=int(t.queue * NS),
         generate_duration=int(t.generate * NS),
+        encode_duration=int(t.encode * NS),
     )
     return body
 
@@ -116,7 +115,7 @@ async def _load_or_unload(request: Request, model: str, keep: float | None, stre
     scheduler: Scheduler = request.app.state.scheduler
     if keep == 0:
         await scheduler.stop(model)
-        return JSONResponse({"model": model, "created_at": now_iso(), "done": True, "done_reason": "unload"})
+        return JSONResponse({"model": model, "created_at": utc_iso(), "done": True, "done_reason": "unload"})
     job = scheduler.submit(GenerateParams(model=model, prompt="", keepalive=keep), digest)
     return await respond(request, scheduler, job, model, stream)
 
@@ -148,7 +147,10 @@ async def api_ps(request: Request):
     models = []
     for m in scheduler.loaded_models():
         left = m.seconds_left()
-        expires = None if left == float("inf") else datetime.fromtimestamp(time.time() + left, UTC)
+        try:
+            expires = None if left == float("inf") else utc_iso(time.time() + left)
+        except (OverflowError, ValueError, OSError):  # beyond any calendar (keep_alive "9999999h"): forever
+            left, expires = float("inf"), None
         models.append(
             {
                 "name": m.name,
@@ -158,7 +160,7 @@ async def api_ps(request: Request):
                 "size": m.size,
                 "size_vram": m.size if processor.endswith("GPU") else 0,
                 "processor": processor,
-                "expires_at": expires.isoformat().replace("+00:00", "Z") if expires else None,
+                "expires_at": expires,
                 "expires_in": None if expires is None else max(0.0, left),
             }
         )
@@ -261,14 +263,13 @@ def create_app(
         Route("/api/version", api_version, methods=["GET"]),
         *openai_api.routes(),
     ]
-    tracker_box = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         scheduler.start()
         watcher = None
         if idle_exit is not None and on_idle is not None:
-            watcher = asyncio.create_task(watch_idle(scheduler, tracker_box["tracker"], idle_exit, on_idle))
+            watcher = asyncio.create_task(watch_idle(scheduler, tracker, idle_exit, on_idle))
         try:
             yield
         finally:
@@ -283,6 +284,5 @@ def create_app(
     )
     app.state.scheduler = scheduler
     app.state.processor = processor
-    tracker = ActivityTracker(app)
-    tracker_box["tracker"] = tracker
+    tracker = ActivityTracker(app)  # set before the lifespan runs (at server start-up)
     return tracker
