@@ -51,7 +51,7 @@ def test_a_folder_that_is_not_a_model_is_a_clear_error(tmp_path):
 
 @pytest.mark.skipif(mx.default_device() == mx.gpu, reason="strips are the CPU path; GPUs convolve whole")
 def test_large_convolutions_run_in_strips_with_the_same_result_and_less_scratch(monkeypatch):
-    from ollama_img.models.zimage.vae import Conv2d
+    from ollama_img.models.autoencoder_kl import Conv2d
 
     conv = Conv2d(64, 32, 3, padding=1)
     x = mx.random.normal((1, 256, 96, 64), key=mx.random.key(0))

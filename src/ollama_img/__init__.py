@@ -15,6 +15,6 @@ def load_pipeline(name_or_folder, **kwargs):
 
     Imported lazily so that `import ollama_img` (and the CLI) never pays for MLX.
     """
-    from ollama_img.pipeline import load_pipeline as _load
+    from ollama_img.loader import load_pipeline as _load
 
     return _load(name_or_folder, **kwargs)

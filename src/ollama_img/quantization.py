@@ -148,7 +148,7 @@ def describe(record) -> tuple[str, list[tuple[str, str]]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading: how each back end runs quantized weights (see `ollama_img.quantized_linear`).
+# Loading: how each back end runs quantized weights (see `ollama_img.models.loading`).
 
 QUANTIZED_MATMUL = "quantized-matmul"  # packed, MLX's quantized matmul
 DEQUANTIZE_PER_CALL = "dequantize-per-call"  # packed, dequantized in each call for a plain matmul

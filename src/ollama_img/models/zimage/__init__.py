@@ -7,13 +7,9 @@ import mlx.nn as nn
 
 from ollama_img.backend import platform_backend
 from ollama_img.errors import UserError
-from ollama_img.models.zimage.pipeline import ZImagePipeline
-from ollama_img.models.zimage.text_encoder import Qwen3Config, Qwen3TextEncoder
-from ollama_img.models.zimage.tokenizer import PromptTokenizer
-from ollama_img.models.zimage.transformer import ZImageConfig, ZImageTransformer
-from ollama_img.models.zimage.vae import AutoencoderKL, VaeConfig
-from ollama_img.quantization import MODES, QuantParams, loading_strategy
-from ollama_img.quantized_linear import (
+from ollama_img.models.autoencoder_kl import AutoencoderKL, VaeConfig
+from ollama_img.models.chat_tokenizer import PromptTokenizer
+from ollama_img.models.loading import (
     DEQUANTIZE_AT_LOAD,
     DEQUANTIZE_PER_CALL,
     STRATEGIES,
@@ -21,6 +17,10 @@ from ollama_img.quantized_linear import (
     use_dequantizing_linears,
     use_quantized_linears,
 )
+from ollama_img.models.qwen3 import Qwen3Config, Qwen3TextEncoder
+from ollama_img.models.zimage.pipeline import ZImagePipeline
+from ollama_img.models.zimage.transformer import ZImageConfig, ZImageTransformer
+from ollama_img.quantization import MODES, QuantParams, loading_strategy
 from ollama_img.weights import ComponentWeights, WeightSource
 
 __all__ = ["ZImagePipeline", "compute_dtype", "load"]

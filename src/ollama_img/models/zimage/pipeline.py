@@ -15,12 +15,12 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
-from ollama_img.models.zimage import scheduler
+from ollama_img.models import flow_match
+from ollama_img.models.autoencoder_kl import AutoencoderKL
+from ollama_img.models.chat_tokenizer import PromptTokenizer
+from ollama_img.models.qwen3 import Qwen3TextEncoder
 from ollama_img.models.zimage.attention_prep import use_cuda_kernel
-from ollama_img.models.zimage.text_encoder import Qwen3TextEncoder
-from ollama_img.models.zimage.tokenizer import PromptTokenizer
 from ollama_img.models.zimage.transformer import PATCH, Caption, Modulation, ZImageTransformer
-from ollama_img.models.zimage.vae import AutoencoderKL
 from ollama_img.teacache import TeaCache
 
 StepCallback = Callable[[int, int], None]
@@ -186,8 +186,8 @@ class ZImagePipeline:
         )
 
         seq_len = (x.shape[2] // PATCH) * (x.shape[3] // PATCH)
-        sig = scheduler.sigmas(self.scheduler_config, steps, seq_len)
-        times = scheduler.model_times(sig)
+        sig = flow_match.sigmas(self.scheduler_config, steps, seq_len)
+        times = flow_match.model_times(sig)
         mods = self.transformer.modulations(mx.array(times), self.dtype)
         if isinstance(teacache, TeaCache):  # a caller's own cache (bench/teacache.py --fit probes with one)
             cache = teacache
