@@ -419,7 +419,7 @@ def timing(pipe, ref: Reference, runs: int) -> dict:
 def model_figures(folder: Path, store_root: Path, types: list[str], args, save=lambda res: None) -> dict:
     """The model part of `device`; `save(res)` is called after each part, so a run cut short keeps them."""
     from ollama_img import load_pipeline
-    from ollama_img.models.zimage import load
+    from ollama_img.models.zimage.loader import load
     from ollama_img.store import Store, import_folder, inspect_folder
     from ollama_img.store.safetensors_format import DTYPE_SIZES, TensorEntry, encode_header
     from ollama_img.weights import StoreSource

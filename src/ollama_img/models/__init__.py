@@ -31,7 +31,7 @@ class Architecture:
 ZIMAGE = Architecture(
     class_name="ZImagePipeline",
     family="z-image",
-    module="ollama_img.models.zimage",
+    module="ollama_img.models.zimage.loader",
     components=(
         Component("scheduler", required_files=("scheduler_config.json",)),
         Component(

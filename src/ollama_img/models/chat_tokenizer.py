@@ -1,8 +1,12 @@
-"""The prompt as Z-Image's text encoder sees it: the model's own chat template, then its tokenizer.
+"""The prompt as a chat-model text encoder sees it: the model's own chat template, then its tokenizer.
 
 The template is rendered the way transformers renders chat templates (a sandboxed Jinja environment
 with trimmed blocks and the same helper functions), so the token ids match diffusers' exactly.
+Families differ in the template's `enable_thinking` switch (Z-Image on, FLUX.2 [klein] off) and in how
+many tokens the encoder takes.
 """
+
+from __future__ import annotations
 
 import json
 import warnings
@@ -12,7 +16,9 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-MAX_TOKENS = 512  # diffusers' max_sequence_length for Z-Image
+from ollama_img.errors import UserError
+
+MAX_TOKENS = 512  # diffusers' max_sequence_length for Z-Image and FLUX.2
 
 
 class PromptTruncatedWarning(UserWarning):
@@ -43,9 +49,19 @@ def _special_token(value) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
 
-class PromptTokenizer:
-    def __init__(self, tokenizer_json: str, tokenizer_config: dict, chat_template: str | None = None):
+class ChatTokenizer:
+    def __init__(
+        self,
+        tokenizer_json: str,
+        tokenizer_config: dict,
+        chat_template: str | None = None,
+        *,
+        enable_thinking: bool = True,
+        max_tokens: int = MAX_TOKENS,
+    ):
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.enable_thinking = enable_thinking
+        self.max_tokens = max_tokens
         template = chat_template or tokenizer_config.get("chat_template")
         if isinstance(template, list):  # named templates: use the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
@@ -58,23 +74,43 @@ class PromptTokenizer:
             if tokenizer_config.get(key) is not None
         }
 
+    @property
+    def pad_id(self) -> int | None:
+        """The id of the pad token (for encoders that take prompts padded to a fixed length)."""
+        pad = self.special_tokens.get("pad_token")
+        return None if pad is None else self.tokenizer.token_to_id(pad)
+
     def render(self, prompt: str) -> str:
-        """The user prompt wrapped as ZImagePipeline wraps it (generation prompt on, thinking on)."""
+        """The user prompt as one user message, with the generation prompt, as diffusers' pipelines wrap it."""
         return self.template.render(
             messages=[{"role": "user", "content": prompt}],
             add_generation_prompt=True,
-            enable_thinking=True,
+            enable_thinking=self.enable_thinking,
             **self.special_tokens,
         )
 
     def encode(self, prompt: str) -> list[int]:
-        """Token ids of the templated prompt, at most MAX_TOKENS (a warning says when it was cut)."""
+        """Token ids of the templated prompt, at most `max_tokens` (a warning says when it was cut)."""
         ids = self.tokenizer.encode(self.render(prompt)).ids
-        if len(ids) > MAX_TOKENS:
+        if len(ids) > self.max_tokens:
             warnings.warn(
-                f"prompt is {len(ids)} tokens with its template; only the first {MAX_TOKENS} are used",
+                f"prompt is {len(ids)} tokens with its template; only the first {self.max_tokens} are used",
                 PromptTruncatedWarning,
                 stacklevel=2,
             )
-            ids = ids[:MAX_TOKENS]
+            ids = ids[: self.max_tokens]
         return ids
+
+
+def load_tokenizer(source, component: str = "tokenizer", **options) -> ChatTokenizer:
+    """The chat tokenizer of a model's `component` folder (`options` as `ChatTokenizer` takes them)."""
+    config = source.read_json(f"{component}/tokenizer_config.json")
+    tokenizer_json = source.read_text(f"{component}/tokenizer.json")
+    if tokenizer_json is None:
+        raise UserError(f"{source.label}: {component}/tokenizer.json is missing")
+    try:
+        return ChatTokenizer(
+            tokenizer_json, config, source.read_text(f"{component}/chat_template.jinja"), **options
+        )
+    except Exception as exc:
+        raise UserError(f"{source.label}: cannot load the tokenizer ({exc})") from None

@@ -1,48 +1,25 @@
-"""Qwen3, as Z-Image uses it: the hidden states of the second-to-last layer are the prompt embedding.
+"""Qwen3 as a text encoder: the hidden states of chosen layers are the prompt embedding.
+
+Families differ in which layers they take: Z-Image the second-to-last (`hidden_states[-2]`), FLUX.2
+[klein] several stacked (`text_encoder_out_layers`). Layers are numbered as transformers numbers
+`hidden_states`: 0 is the token embedding, k the output of decoder layer k, and the last
+(`num_hidden_layers`, or -1) the output of the final norm. Decoder layers past the deepest one asked
+for never influence the result: they are not built and their weights are not loaded.
 
 Attribute names follow the checkpoint (`layers.N.self_attn.q_proj`, ...), so loading is a straight
-mapping once the `model.` prefix of the released files is dropped. Because diffusers takes
-`hidden_states[-2]`, the last decoder layer and the final norm never influence the result: they are
-not built and their weights are not loaded.
+mapping once the `model.` prefix of a Qwen3Model or Qwen3ForCausalLM checkpoint is dropped.
 """
 
-from dataclasses import dataclass
+from __future__ import annotations
+
+from collections.abc import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
 
+from ollama_img.models.configs import Qwen3Config
 
-@dataclass(frozen=True)
-class Qwen3Config:
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    intermediate_size: int
-    vocab_size: int
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 1_000_000.0
-
-    @classmethod
-    def from_dict(cls, cfg: dict) -> "Qwen3Config":
-        rope_theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get(
-            "rope_theta", 1_000_000.0
-        )
-        scaling = cfg.get("rope_scaling") or {}
-        if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
-            raise ValueError(f"unsupported text encoder rope_scaling {scaling}")
-        return cls(
-            hidden_size=cfg["hidden_size"],
-            num_hidden_layers=cfg["num_hidden_layers"],
-            num_attention_heads=cfg["num_attention_heads"],
-            num_key_value_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"],
-            intermediate_size=cfg["intermediate_size"],
-            vocab_size=cfg["vocab_size"],
-            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=float(rope_theta),
-        )
+__all__ = ["Qwen3Config", "Qwen3TextEncoder"]
 
 
 class Attention(nn.Module):
@@ -62,13 +39,13 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.rms_norm_eps)
         self.rope = nn.RoPE(cfg.head_dim, traditional=False, base=cfg.rope_theta)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | str) -> mx.array:
         b, length, _ = x.shape
         q = self.q_norm(self.q_proj(x).reshape(b, length, self.n_heads, -1)).transpose(0, 2, 1, 3)
         k = self.k_norm(self.k_proj(x).reshape(b, length, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(b, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         q, k = self.rope(q), self.rope(k)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal")
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, length, -1))
 
 
@@ -91,33 +68,56 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x))
+    def __call__(self, x: mx.array, mask: mx.array | str) -> mx.array:
+        x = x + self.self_attn(self.input_layernorm(x), mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Qwen3TextEncoder(nn.Module):
-    """Token ids -> hidden states after all but the last decoder layer (diffusers' hidden_states[-2])."""
+    """Token ids -> the hidden states of `hidden_layers`, side by side along the features.
 
-    def __init__(self, cfg: Qwen3Config):
+    With one layer the output is (B, L, hidden); with n it is (B, L, n * hidden), each token's states
+    in the order asked (as diffusers stacks them for FLUX.2 and flattens per token).
+    """
+
+    def __init__(self, cfg: Qwen3Config, hidden_layers: Sequence[int] = (-2,)):
         super().__init__()
+        count = cfg.num_hidden_layers + 1
+        if not hidden_layers or any(not -count <= k < count for k in hidden_layers):
+            raise ValueError(f"hidden layers must be in [-{count}, {count}), got {list(hidden_layers)}")
         self.config = cfg
+        self.hidden_layers = tuple(k % count for k in hidden_layers)
+        deepest = max(self.hidden_layers)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers - 1)]
+        self.layers = [DecoderLayer(cfg) for _ in range(min(deepest, cfg.num_hidden_layers))]
+        if deepest == cfg.num_hidden_layers:  # the output of the final norm is asked for
+            self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def __call__(self, input_ids: mx.array) -> mx.array:
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array | None = None) -> mx.array:
+        """`attention_mask` (B, L), 1 for real tokens and 0 for padding, as a tokenizer returns it."""
+        mask: mx.array | str = "causal"
+        if attention_mask is not None:
+            length = input_ids.shape[1]
+            causal = mx.tril(mx.ones((length, length), dtype=mx.bool_))
+            mask = causal[None, None] & (attention_mask[:, None, None, :] != 0)
         x = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        states = {0: x}
+        for i, layer in enumerate(self.layers, 1):
+            x = layer(x, mask)
+            states[i] = x
+        if "norm" in self:
+            states[self.config.num_hidden_layers] = self.norm(x)
+        chosen = [states[k] for k in self.hidden_layers]
+        return chosen[0] if len(chosen) == 1 else mx.concatenate(chosen, axis=-1)
 
-    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
-        """Checkpoint names -> module names: drop the `model.` prefix and what hidden_states[-2] never uses."""
-        last = f"layers.{self.config.num_hidden_layers - 1}."
-        out = {}
-        for name, value in weights.items():
-            name = name.removeprefix("model.")
-            if name.startswith(("lm_head.", "norm.", last)):
-                continue
-            out[name] = value
-        return out
+    def parameter_name(self, checkpoint_name: str) -> str | None:
+        """This module's name for a checkpoint tensor, or None for one it does not use (the LM head, and
+        layers past the deepest hidden state asked for)."""
+        name = checkpoint_name.removeprefix("model.")
+        head, _, rest = name.partition(".")
+        if head == "lm_head" or (head == "norm" and "norm" not in self):
+            return None
+        index = rest.partition(".")[0]
+        if head == "layers" and index.isdigit() and int(index) >= len(self.layers):
+            return None
+        return name

@@ -15,12 +15,13 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
+from ollama_img.backend import compile_steps
 from ollama_img.models import flow_match
 from ollama_img.models.autoencoder_kl import AutoencoderKL
-from ollama_img.models.chat_tokenizer import PromptTokenizer
+from ollama_img.models.chat_tokenizer import ChatTokenizer
 from ollama_img.models.qwen3 import Qwen3TextEncoder
-from ollama_img.models.zimage.attention_prep import use_cuda_kernel
-from ollama_img.models.zimage.transformer import PATCH, Caption, Modulation, ZImageTransformer
+from ollama_img.models.zimage.config import PATCH
+from ollama_img.models.zimage.transformer import Caption, Modulation, ZImageTransformer
 from ollama_img.teacache import TeaCache
 
 StepCallback = Callable[[int, int], None]
@@ -60,7 +61,7 @@ class ZImagePipeline:
     def __init__(
         self,
         *,
-        tokenizer: PromptTokenizer,
+        tokenizer: ChatTokenizer,
         text_encoder: Qwen3TextEncoder,
         transformer: ZImageTransformer,
         vae: AutoencoderKL,
@@ -77,11 +78,7 @@ class ZImagePipeline:
         self.dtype = dtype
         self.name = name
         self.digest = digest
-        # mx.compile the step parts where fusing elementwise work pays: on Metal. On CUDA the fused
-        # kernels already do that work and the compiled step measured slower (H100, 1024x1024: 100.8 ms
-        # against 97.7 ms eager); on the CPU MLX compiles with the system C++ compiler, which costs more
-        # than it saves.
-        self.compile = mx.default_device() == mx.gpu and not use_cuda_kernel()
+        self.compile = compile_steps()
 
     # -- facts for the engine ------------------------------------------------------------------
 
