@@ -18,4 +18,4 @@ def load_pipeline(name_or_folder: str | Path, *, store=None, dtype=None):
     require_mlx()
     source = open_source(name_or_folder, store)
     arch = architecture_for(source.read_json("model_index.json").get("_class_name"))
-    return importlib.import_module(arch.module).load(source, dtype=dtype)
+    return importlib.import_module(arch.loader).load(source, dtype=dtype)

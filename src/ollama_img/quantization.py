@@ -65,7 +65,8 @@ def parse_quant_type(text: str) -> QuantType:
 
 
 # ---------------------------------------------------------------------------------------------
-# Which tensors: one rule per architecture, chosen from measured error (bench/RESULTS.md).
+# Which tensors: each family declares its rule (`Architecture.quantization`, from measured error);
+# what any rule requires of a tensor is here.
 
 
 @dataclass(frozen=True)
@@ -87,32 +88,6 @@ class QuantRule:
             and len(shape) == 2
             and shape[-1] % quant.group_size == 0
         )
-
-
-ZIMAGE_RULE = QuantRule(
-    patterns={
-        "transformer": (
-            r"(layers|noise_refiner|context_refiner)\.\d+\."
-            r"(attention\.(to_q|to_k|to_v|to_out\.0)|feed_forward\.w[123])\.weight"
-        ),
-        "text_encoder": r"(model\.)?layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight",
-    },
-    text=(
-        "Linear weights of the transformer's layers, noise_refiner and context_refiner blocks (attention "
-        "q, k, v, out; feed-forward w1, w2, w3) and of the text encoder's decoder layers (q, k, v, o, "
-        "gate, up, down), where the input size is a multiple of the group size; embedders, adaLN, "
-        "final layer, pad tokens, norms and the VAE keep their dtype"
-    ),
-)
-
-RULES = {"ZImagePipeline": ZIMAGE_RULE}
-
-
-def rule_for(architecture: str) -> QuantRule:
-    """The quantization rule of an architecture (its model_index.json `_class_name`)."""
-    if architecture not in RULES:
-        raise UserError(f"quantization is not supported for {architecture} models")
-    return RULES[architecture]
 
 
 def config_record(quant: QuantType, rule: QuantRule, counts: dict[str, int]) -> dict:

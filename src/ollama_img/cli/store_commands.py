@@ -23,7 +23,7 @@ from ollama_img.cli.app import app
 from ollama_img.cli.formatting import human_age, human_bytes, human_count, table
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
-from ollama_img.quantization import QuantType, describe, parse_quant_type, rule_for
+from ollama_img.quantization import QuantType, describe, parse_quant_type
 from ollama_img.store import ImportPlan, Store, import_folder, inspect_folder, plan_from_model
 
 
@@ -59,7 +59,7 @@ def create(
     else:
         plan = inspect_folder(folder if folder is not None else Path.cwd())
     if quant is not None:
-        rule_for(plan.architecture.class_name)
+        plan.architecture.quantization_rule()
         require_mlx()  # quantizing runs MLX: fail before the store is touched if it cannot
     started = time.monotonic()
     with _ImportProgress(model, plan, quant) as progress:

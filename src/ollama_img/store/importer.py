@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
-from ollama_img.quantization import QuantRule, QuantType, config_record, quantize_weight, rule_for
+from ollama_img.quantization import QuantRule, QuantType, config_record, quantize_weight
 from ollama_img.store.blobs import (
     PLAIN_TENSOR_NAME,
     BlobRef,
@@ -75,7 +75,7 @@ def import_folder(
     name = name if isinstance(name, ModelName) else ModelName.parse(name)
     report = progress or (lambda _bytes, _tensors: None)
     tally = _Tally()
-    quantizer = _Quantizer(quantize, rule_for(plan.architecture.class_name), tally) if quantize else None
+    quantizer = _Quantizer(quantize, plan.architecture.quantization_rule(), tally) if quantize else None
     layers: list[Layer] = []
     with store.writing():
         executor = ThreadPoolExecutor(1, thread_name_prefix="sha256") if hash_in_thread else None

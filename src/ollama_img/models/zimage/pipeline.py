@@ -8,7 +8,6 @@ same image.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -19,12 +18,11 @@ from ollama_img.backend import compile_steps
 from ollama_img.models import flow_match
 from ollama_img.models.autoencoder_kl import AutoencoderKL
 from ollama_img.models.chat_tokenizer import ChatTokenizer
+from ollama_img.models.interface import Capabilities, Defaults, StepCallback, validate_request
 from ollama_img.models.qwen3 import Qwen3TextEncoder
 from ollama_img.models.zimage.config import PATCH
 from ollama_img.models.zimage.transformer import Caption, Modulation, ZImageTransformer
 from ollama_img.teacache import TeaCache
-
-StepCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -45,18 +43,11 @@ class Branch:
     batch: int
 
 
-@dataclass(frozen=True)
-class Defaults:
-    """Z-Image-Turbo's recipe: 9 steps (8 effective), no guidance."""
-
-    width: int = 1024
-    height: int = 1024
-    steps: int = 9
-    guidance: float = 0.0
+TURBO = Defaults(width=1024, height=1024, steps=9, guidance=0.0)  # Z-Image-Turbo: 9 steps (8 effective)
 
 
 class ZImagePipeline:
-    defaults = Defaults()
+    """Satisfies `ollama_img.models.interface.ImagePipeline`."""
 
     def __init__(
         self,
@@ -66,6 +57,7 @@ class ZImagePipeline:
         transformer: ZImageTransformer,
         vae: AutoencoderKL,
         scheduler_config: dict,
+        capabilities: Capabilities,
         dtype: mx.Dtype,
         name: str,
         digest: str | None = None,
@@ -75,6 +67,8 @@ class ZImagePipeline:
         self.transformer = transformer
         self.vae = vae
         self.scheduler_config = scheduler_config
+        self.capabilities = capabilities
+        self.defaults = TURBO
         self.dtype = dtype
         self.name = name
         self.digest = digest
@@ -98,15 +92,7 @@ class ZImagePipeline:
 
     def validate(self, *, width: int, height: int, steps: int) -> None:
         """Raise ValueError with a message a user can act on when the request cannot run."""
-        unit = self.latent_scale * PATCH
-        axes = self.transformer.config.axes_lens
-        for what, value, limit in (("width", width, axes[2]), ("height", height, axes[1])):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % unit:
-                raise ValueError(f"{what} must be a positive multiple of {unit}, got {value!r}")
-            if value // unit > limit:
-                raise ValueError(f"{what} must be at most {limit * unit} for this model, got {value}")
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+        validate_request(self.capabilities, width=width, height=height, steps=steps)
 
     # -- the parts -----------------------------------------------------------------------------
 
@@ -140,10 +126,10 @@ class ZImagePipeline:
         self,
         prompt: str,
         *,
-        width: int = Defaults.width,
-        height: int = Defaults.height,
-        steps: int = Defaults.steps,
-        guidance: float = Defaults.guidance,
+        width: int = TURBO.width,
+        height: int = TURBO.height,
+        steps: int = TURBO.steps,
+        guidance: float = TURBO.guidance,
         negative_prompt: str | None = None,
         seed: int | None = None,
         latents: np.ndarray | None = None,
