@@ -103,10 +103,6 @@ class Option:
     short: str | None = None  # run's one-letter flag
 
     @property
-    def api_name(self) -> str:
-        return f"'{self.field}'"
-
-    @property
     def param(self) -> str:
         """The parameter of `run` that takes it."""
         return self.flag.removeprefix("--").replace("-", "_")
@@ -144,10 +140,12 @@ BY_FIELD = {option.field: option for option in OPTIONS}
 
 
 def api_name(option: Option) -> str:
-    return option.api_name
+    """How the API names an option in its messages: `'negative_prompt'`."""
+    return f"'{option.field}'"
 
 
 def flag_name(option: Option) -> str:
+    """How `run` names it: `--negative`."""
     return option.flag
 
 

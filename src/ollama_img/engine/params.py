@@ -100,7 +100,7 @@ def parse_size(text: str) -> tuple[int, int]:
     if not match:
         raise UserError(f"invalid size {text!r}: expected WIDTHxHEIGHT, e.g. 1024x1024")
     width, height = int(match.group(1)), int(match.group(2))
-    return WIDTH.read(width, WIDTH.api_name), HEIGHT.read(height, HEIGHT.api_name)
+    return WIDTH.read(width, api_name(WIDTH)), HEIGHT.read(height, api_name(HEIGHT))
 
 
 def keepalive(body: dict) -> float | None:
