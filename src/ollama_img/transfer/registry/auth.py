@@ -245,7 +245,7 @@ class Authenticator:
             )
         if challenge.scheme == "basic":
             if credentials is None or credentials.password is None:
-                raise self._needs_credentials()
+                raise self.needs_credentials()
             if refused:
                 raise AuthError(f"registry {self.host} refused {credentials.describe()}")
             self._check_may_send(url, credentials)
@@ -294,7 +294,7 @@ class Authenticator:
             raise UserError(f"cannot reach {where}: {exc}") from None
         if response.status_code in (401, 403):
             if credentials is None:
-                raise self._needs_credentials()
+                raise self.needs_credentials()
             raise AuthError(f"{where} refused {credentials.describe()}")
         if response.status_code != 200:
             raise UserError(f"{where} answered HTTP {response.status_code}")
@@ -314,7 +314,7 @@ class Authenticator:
                 "use HTTPS, or --insecure if you trust the network"
             )
 
-    def _needs_credentials(self) -> AuthError:
+    def needs_credentials(self) -> AuthError:
         return AuthError(
             f"registry {self.host} requires authentication: set {ENV_USER} and {ENV_PASSWORD} "
             f"(or {ENV_TOKEN}), or log in with 'docker login {self.host}'"

@@ -191,8 +191,9 @@ class RegistryClient:
         parsed = parse_challenge(challenge)
         detail = f" ({parsed.params['error']})" if parsed and parsed.params.get("error") else ""
         credentials = self.auth.credentials
-        whose = credentials.describe() if credentials else "anonymous access"
-        return AuthError(f"registry {self.host} refused {whose}{detail}")
+        if credentials is None:
+            return self.auth.needs_credentials()
+        return AuthError(f"registry {self.host} refused {credentials.describe()}{detail}")
 
     def request(
         self,
