@@ -123,7 +123,7 @@ def _complete_cached_snapshot(cache_dir: Path, ref: HubRef, label: str) -> tuple
     snapshot = cached_snapshot(cache_dir, ref)
     if snapshot is None:
         return None
-    listing = {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()}
+    listing = _files_in(snapshot)
 
     def local(path: str) -> Path:
         if path not in listing:
@@ -155,12 +155,19 @@ def _download(cache_dir: Path, ref: HubRef, label: str, progress: TransferProgre
                 )
             )
 
-    # model_index.json by the revision's name: this resolves it to a commit and records the ref in the
-    # cache (as `hf download` does), so the next pull of this revision can start offline.
-    index_path = fetch(MODEL_INDEX, ref.revision or "main", _QuietBar)
+    api = HfApi(endpoint=endpoint)
+    revision = ref.revision or "main"
+    earlier = cached_snapshot(cache_dir, ref)  # a partial download of this revision, maybe
+    with _hub_errors(label, endpoint, cache_dir):  # first, as it fails at once when the Hub is unreachable
+        info = api.model_info(ref.repo_id, revision=revision, files_metadata=True)
+    # model_index.json by the revision's name records the revision's commit in the cache (as `hf download`
+    # does), so the next pull of this revision can start offline.
+    index_path = fetch(MODEL_INDEX, revision, _QuietBar)
     commit = index_path.parent.name
-    with _hub_errors(label, endpoint, cache_dir):
-        info = HfApi(endpoint=endpoint).model_info(ref.repo_id, revision=commit, files_metadata=True)
+    if commit != info.sha:  # the revision moved in between: list the commit we have
+        with _hub_errors(label, endpoint, cache_dir):
+            info = api.model_info(ref.repo_id, revision=commit, files_metadata=True)
+    had = _files_in(earlier) if earlier is not None and earlier.name == commit else set()
     sizes = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
     snapshot = index_path.parent
     wanted = select_files(set(sizes), lambda path: fetch(path, commit, _QuietBar), label)
@@ -174,7 +181,13 @@ def _download(cache_dir: Path, ref: HubRef, label: str, progress: TransferProgre
         stop,
         on_done=lambda _path: progress.file_done(),
     )
-    return snapshot, wanted, len(todo), sum(sizes.get(path, 0) for path in todo)
+    fetched = [path for path in wanted if path not in had]
+    return snapshot, wanted, len(fetched), sum(sizes.get(path, 0) for path in fetched)
+
+
+def _files_in(folder: Path) -> set[str]:
+    """The files of a snapshot folder, as repository paths (broken links to missing blobs left out)."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
 class _Stopped(Exception):

@@ -11,10 +11,9 @@ from ollama_img.errors import UserError
 from ollama_img.names import DEFAULT_TAG, ModelName
 
 HUB_HOSTS = ("hf.co", "huggingface.co")
-_HUB = re.compile(
-    r"^(?:https?://)?(hf\.co|huggingface\.co)/([A-Za-z0-9][\w.-]{0,95})/([A-Za-z0-9][\w.-]{0,95})(?::(\S+))?$",
-    re.I,
-)
+_NAME = r"[A-Za-z0-9][\w.-]{0,95}"
+_REVISION = r"\w[\w./-]{0,255}"  # a branch, a tag or a commit (`refs/pr/1` too)
+_HUB = re.compile(rf"^(?:https?://)?(hf\.co|huggingface\.co)/({_NAME})/({_NAME})(?::({_REVISION}))?$", re.I)
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ def is_hub_name(text: str) -> bool:
 
 def parse_hub_ref(text: str) -> HubRef:
     match = _HUB.match(text.strip())
-    if match is None:
+    if match is None or ".." in text:
         raise UserError(f"invalid Hugging Face name {text!r}: expected hf.co/ORG/REPO[:REVISION]")
     _, org, repo, revision = match.groups()
     return HubRef(f"{org}/{repo}", revision)
