@@ -33,7 +33,7 @@ from ollama_img.transfer.registry.client import RegistryClient
 from ollama_img.transfer.registry.download import fetch_blobs, fetch_small
 from ollama_img.transfer.registry.remote_manifest import RemoteBlob, RemoteManifest, fetch_manifest
 
-PARALLEL = 4  # blobs fetched at once
+PARALLEL = 8  # blobs fetched at once (many are small: their fsyncs overlap)
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 

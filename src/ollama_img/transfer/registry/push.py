@@ -27,7 +27,7 @@ from ollama_img.transfer.registry.auth import Credentials, repository_scope
 from ollama_img.transfer.registry.client import RegistryClient, backoff, describe_failure, is_transient
 from ollama_img.transfer.registry.download import Cancelled
 
-PARALLEL = 4
+PARALLEL = 8  # blobs checked or uploaded at once
 CHUNK_SIZE = 64 * 1024 * 1024  # blobs up to this size go in one PUT; larger ones in chunks of it
 READ_SIZE = 1 << 20
 
