@@ -10,6 +10,7 @@ import time
 import typer
 
 from ollama_img.cli.app import app
+from ollama_img.cli.completion import complete_model_names
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
 
@@ -55,7 +56,10 @@ def pull(
 @app.command()
 def push(
     name: str = typer.Argument(
-        ..., metavar="NAME", help="HOST/NAMESPACE/MODEL[:TAG]: the registry is the host."
+        ...,
+        metavar="NAME",
+        help="HOST/NAMESPACE/MODEL[:TAG]: the registry is the host.",
+        autocompletion=complete_model_names,
     ),
     insecure: bool = typer.Option(False, "--insecure", help=INSECURE_HELP),
 ):

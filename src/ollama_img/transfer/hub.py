@@ -236,7 +236,10 @@ def _bar_class(progress: TransferProgress, stop: threading.Event):
 @contextlib.contextmanager
 def _hub_errors(label: str, endpoint: str | None, cache_dir: Path, path: str | None = None):
     """huggingface_hub's exceptions as one clear line each."""
-    import httpx2
+    try:  # huggingface_hub 2.x speaks httpx2
+        from httpx2 import TransportError
+    except ImportError:  # pragma: no cover
+        from httpx import TransportError
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -261,7 +264,7 @@ def _hub_errors(label: str, endpoint: str | None, cache_dir: Path, path: str | N
         ) from None
     except RevisionNotFoundError:
         raise NotFound(f"{label}: no such revision on Hugging Face") from None
-    except (OfflineModeIsEnabled, LocalEntryNotFoundError, httpx2.TransportError) as exc:
+    except (OfflineModeIsEnabled, LocalEntryNotFoundError, TransportError) as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
         raise UserError(
             f"cannot reach Hugging Face ({where}), and its cache ({cache_dir}) lacks files of {label}: {reason}"
