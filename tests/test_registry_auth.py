@@ -16,7 +16,7 @@ from ollama_img.transfer.registry.client import is_loopback, plain_http_allowed
 from ollama_img.transfer.registry.pull import pull_model
 from ollama_img.transfer.registry.push import push_model
 from tests.conftest import snapshot
-from tests.fixtures.registry import PASSWORD, USER, Registry, free_port
+from tests.fixtures.registry import PASSWORD, REFRESH_TOKEN, USER, Registry, free_port
 from tests.fixtures.small_model import write_small_model
 
 ALICE = Credentials("test", username=USER, password=PASSWORD)
@@ -87,6 +87,23 @@ def test_credentials_from_docker_config(auth_registry, source, tmp_path, monkeyp
     monkeypatch.setenv("DOCKER_CONFIG", str(config))
     push_model(source, name)
     assert pull_model(Store(tmp_path / "dest"), name).manifest.digest == source.manifest(name).digest
+
+
+def test_an_identity_token_from_docker_config_is_exchanged_for_a_bearer_token(
+    token_registry, source, tmp_path, monkeypatch, no_credentials
+):
+    name = f"{token_registry.host}/team/identity:v1"
+    write_small_model(source, name, seed=24)
+    config = tmp_path / "docker"
+    config.mkdir()
+    auth = base64.b64encode(f"{USER}:".encode()).decode()
+    entry = {"auth": auth, "identitytoken": REFRESH_TOKEN}
+    (config / "config.json").write_text(json.dumps({"auths": {token_registry.host: entry}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    push_model(source, name)
+    assert pull_model(Store(tmp_path / "dest"), name).manifest.digest == source.manifest(name).digest
+    grants = [r for r in token_registry.token_service.requests if r.get("grant") == "refresh_token"]
+    assert grants and all(r["granted"] for r in grants)
 
 
 def test_credentials_from_a_docker_credential_helper(tmp_path, monkeypatch, no_credentials):

@@ -269,15 +269,15 @@ class Authenticator:
             raise AuthError(f"registry {self.host} sent a bearer challenge without a usable realm")
         wanted = list(dict.fromkeys([*scopes, *challenge.params.get("scope", "").split()]))
         wanted = [scope for scope in wanted if scope]
-        params = [("service", challenge.params["service"])] if "service" in challenge.params else []
-        params += [("scope", scope) for scope in wanted]
+        service = [("service", challenge.params["service"])] if "service" in challenge.params else []
+        params = service + [("scope", scope) for scope in wanted]
         credentials = self.credentials
         where = f"the token service of registry {self.host} ({_origin(realm)})"
         try:
             if credentials is not None and (credentials.identity_token or credentials.password):
                 self._check_may_send(realm, credentials)
             if credentials is not None and credentials.identity_token:
-                form = dict(params[:1]) | {
+                form = dict(service) | {
                     "grant_type": "refresh_token",
                     "refresh_token": credentials.identity_token,
                     "client_id": "ollama-img",
