@@ -89,13 +89,14 @@ def parse_manifest(raw: bytes, content_type: str, where: str) -> RemoteManifest:
         raise bad("is not JSON") from None
     if not isinstance(doc, dict):
         raise bad("is not a JSON object")
-    media_type = doc.get("mediaType") or media_type
-    if media_type in (OCI_INDEX, DOCKER_LIST) or "manifests" in doc:
+    if doc.get("mediaType", media_type) in (OCI_INDEX, DOCKER_LIST) or "manifests" in doc:
         raise bad("is a multi-platform image index, not a model")
     if doc.get("schemaVersion") != 2:
         raise bad(f"has schemaVersion {doc.get('schemaVersion')!r}, not 2")
-    if media_type and media_type not in MANIFEST_TYPES:
-        raise bad(f"has the media type {media_type!r}")
+    if doc.get("mediaType") is not None and doc["mediaType"] not in MANIFEST_TYPES:
+        raise bad(
+            f"has the media type {doc['mediaType']!r}"
+        )  # (a bare Content-Type is not trusted either way)
     config = doc.get("config")
     layers = doc.get("layers")
     if not isinstance(config, dict) or not isinstance(layers, list):
