@@ -1,7 +1,8 @@
-"""How `pull` and `push` show a transfer on stderr: one rich display on a terminal, plain lines elsewhere.
+"""How `pull`, `push` and `create` show their progress on stderr: one rich display on a terminal, plain
+lines elsewhere.
 
 The display has one row per phase (downloading, importing or quantizing, uploading) with its bytes,
-files, speed and time left. It is fed from several transfer threads at once, so counts sit behind a lock
+files (or tensors), speed and time left. It is fed from several transfer threads at once, so counts sit behind a lock
 (rich's own updates are thread-safe).
 """
 
