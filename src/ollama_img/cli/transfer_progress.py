@@ -62,7 +62,16 @@ class TransferDisplay:
 
     # -- TransferProgress ---------------------------------------------------------------------------
 
-    def start(self, phase: str, total_bytes: int, total_files: int, done_bytes: int = 0, unit: str = "files"):
+    def start(
+        self,
+        phase: str,
+        total_bytes: int,
+        total_files: int,
+        done_bytes: int = 0,
+        unit: str = "files",
+        announce: bool = True,
+    ):
+        """A new row; in plain mode a line saying what it moves, unless `announce` is False (the title did)."""
         with self._lock:
             self._phase, self._total, self._done = phase, total_bytes, done_bytes
             self._files, self._files_done, self._unit = total_files, 0, unit
@@ -76,7 +85,7 @@ class TransferDisplay:
                     total_files=total_files,
                     unit=unit,
                 )
-            elif total_files:
+            elif total_files and announce:
                 print(
                     f"  {phase} {total_files} {unit}, {human_bytes(total_bytes)}",
                     file=self.stream,
