@@ -58,9 +58,8 @@ def create(
         + (f", quantizing to {quant.name}" if quant else "")
     )
     with TransferDisplay(header) as display:
-        display.start(
-            "quantizing" if quant else "importing", plan.tensor_bytes, plan.tensor_count, unit="tensors"
-        )
+        phase = "quantizing" if quant else "importing"
+        display.start(phase, plan.tensor_bytes, plan.tensor_count, unit="tensors", announce=False)
         result = import_folder(store, model, plan, progress=display.import_callback(), quantize=quant)
     elapsed = time.monotonic() - started
     freed = f"; freed {human_bytes(result.bytes_freed)} the replaced model used" if result.bytes_freed else ""
