@@ -245,3 +245,12 @@ def test_challenges_are_parsed_with_quoted_commas():
         "error": "insufficient_scope",
     }
     assert parse_challenge('Basic realm="x"').params == {"realm": "x"}
+
+
+def test_flags_that_only_fit_hugging_face_are_refused_for_registries(tmp_path, cli, monkeypatch):
+    root = tmp_path / "store"
+    monkeypatch.setenv("OLLAMA_IMG_MODELS", str(root))
+    line = fails_in_one_line(cli, root, "pull", "registry.example:5000/team/x:v1", "--as", "y")
+    assert "--as and --quantize are for Hugging Face models" in line
+    line = fails_in_one_line(cli, root, "push", "hf.co/org/model:latest")
+    assert "Hugging Face is not one" in line
