@@ -23,7 +23,13 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from ollama_img.errors import NotFound, UserError
-from ollama_img.transfer.registry.auth import Authenticator, AuthError, Credentials, find_credentials
+from ollama_img.transfer.registry.auth import (
+    Authenticator,
+    AuthError,
+    Credentials,
+    find_credentials,
+    parse_challenge,
+)
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 ATTEMPTS = 5  # tries of one request, or of one blob without progress
@@ -186,8 +192,6 @@ class RegistryClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _refused(self, challenge: str | None) -> AuthError:
-        from ollama_img.transfer.registry.auth import parse_challenge
-
         parsed = parse_challenge(challenge)
         detail = f" ({parsed.params['error']})" if parsed and parsed.params.get("error") else ""
         credentials = self.auth.credentials
