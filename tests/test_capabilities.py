@@ -24,7 +24,7 @@ PLAIN = "plain:latest"
 def narrow(store: Store, name: str, **off) -> None:
     """Rewrite the model's config blob so that its capabilities lack `off`."""
     config = store.manifest(name).config.to_json()
-    config["capabilities"].update(off)
+    config["image_capabilities"].update(off)
     blob = write_bytes_blob(store.blobs_dir, json.dumps(config, indent=2).encode())
     path = store.manifest_path(name)
     manifest = json.loads(path.read_bytes())
