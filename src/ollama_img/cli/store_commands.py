@@ -33,8 +33,8 @@ def create(
         None,
         "-q",
         "--quantize",
-        help="Quantize the transformer's and text encoder's Linear weights: fp8 (= mxfp8), int8, int4, "
-        "nvfp4 or mxfp4.",
+        help="Quantize the weights the model family's rule names (show lists it): fp8 (= mxfp8), int8, "
+        "int4, nvfp4 or mxfp4.",
     ),
 ):
     """Import a diffusers model folder into the store under NAME (or quantize a stored model)."""
