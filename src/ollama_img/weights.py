@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ollama_img.backend import require_mlx
 from ollama_img.errors import UserError
+from ollama_img.load_timing import timed
 from ollama_img.quantization import QuantParams
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class FolderSource:
             raise UserError(f"{self.label}: {relpath} is missing")
         return _parse_json(text, f"{self.label}/{relpath}")
 
+    @timed("read")
     def weights(self, component: str) -> ComponentWeights:
         mx = require_mlx()
         folder = self.root / component
@@ -107,6 +109,7 @@ class StoreSource:
             raise UserError(f"{self.label}: the store has no {relpath} for this model")
         return _parse_json(text, f"{self.label}:{relpath}")
 
+    @timed("read")
     def weights(self, component: str) -> ComponentWeights:
         from ollama_img.store import PLAIN_TENSOR_NAME, TENSOR_MEDIA_TYPE
 

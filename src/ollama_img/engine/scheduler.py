@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ollama_img.engine import warmup
 from ollama_img.engine.jobs import (
     CANCELLED,
     DONE,
@@ -50,6 +51,7 @@ class LoadedModel:
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
     stop_requested: bool = False  # `stop` came while a job ran: unload when it ends
+    warm: bool = False  # has generated or warmed up since it was loaded
     unloaded: asyncio.Event = field(default_factory=asyncio.Event)
 
     def keep_for(self, seconds: float):
@@ -86,6 +88,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.warm_up_mode = warmup.mode_from_env()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -211,12 +214,17 @@ class Scheduler:
                     await self._in_worker(self._generate, job, model) if params.prompt else ([], {})
                 )
                 timings.generate = time.monotonic() - started
+                model.warm = model.warm or bool(images)
             finally:
                 model.busy = False
                 model.keep_for(0 if model.stop_requested else keepalive)
             task = asyncio.create_task(self._finish(job, model, images, resolved, timings))
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
+            if not (params.prompt or model.warm or model.stop_requested) and warmup.wanted(
+                model.pipe, self.warm_up_mode
+            ):
+                await self._warm_up(model, keepalive)  # answered already: nobody waits for this
         except JobCancelled:
             log.info("job %d cancelled", job.id)
             job.emit(Event(CANCELLED))
@@ -274,13 +282,28 @@ class Scheduler:
         job.emit(Event(LOADING))
         started = time.monotonic()
         log.info("loading %s", name)
-        pipe, size = await self._in_worker(self._load_and_measure, name)
+        note = warmup.compile_note()
+        if note:
+            log.info(note)
+        pipe, size, phases = await self._in_worker(self._load_and_measure, name)
         timings.load = time.monotonic() - started
         model = LoadedModel(name=name, digest=getattr(pipe, "digest", None), pipe=pipe, size=size)
         model.keep_for(self.default_keepalive)
         self._loaded[name] = model
-        log.info("loaded %s (%d bytes) in %.2fs", name, model.size, timings.load)
+        log.info("loaded %s (%d bytes) in %.2fs (%s)", name, model.size, timings.load, phases)
         return model
+
+    async def _warm_up(self, model: LoadedModel, keepalive: float):
+        """Run the model's warm-up on the worker before the next job; a failure only costs the warm-up."""
+        model.busy = True
+        try:
+            await self._in_worker(warmup.warm_up, model.pipe, model.name)
+            model.warm = True
+        except Exception:
+            log.exception("warm-up of %s failed; the model stays loaded", model.name)
+        finally:
+            model.busy = False
+            model.keep_for(0 if model.stop_requested else keepalive)
 
     async def _unload(self, model: LoadedModel):
         if self._loaded.get(model.name) is model:
@@ -302,9 +325,11 @@ class Scheduler:
     def _load_and_measure(name: str):
         # MLX streams are per thread: everything that touches the model's arrays stays on the worker.
         from ollama_img import load_pipeline
+        from ollama_img.load_timing import recording
 
-        pipe = load_pipeline(name)
-        return pipe, int(pipe.resident_bytes)
+        with recording() as timer:
+            pipe = load_pipeline(name)
+        return pipe, int(pipe.resident_bytes), timer.summary()
 
     @staticmethod
     def _resolve(pipe, params: GenerateParams) -> dict:

@@ -7,6 +7,7 @@ import mlx.nn as nn
 
 from ollama_img.backend import platform_backend
 from ollama_img.errors import UserError
+from ollama_img.load_timing import phase
 from ollama_img.models.zimage.pipeline import ZImagePipeline
 from ollama_img.models.zimage.text_encoder import Qwen3Config, Qwen3TextEncoder
 from ollama_img.models.zimage.tokenizer import PromptTokenizer
@@ -67,7 +68,8 @@ def _load_module(
         module.load_weights(list(cast.items()), strict=True)
     except ValueError as exc:
         raise UserError(f"{label}: weights do not match the model's configuration ({exc})") from None
-    mx.eval(module.parameters())
+    with phase("eval"):  # the weights' bytes are read (mmap) and moved to the device here
+        mx.eval(module.parameters())
 
 
 def _renamed(sanitize, quantized: dict[str, QuantParams]) -> dict[str, QuantParams]:
@@ -144,7 +146,8 @@ def load(
     del tr
     transformer.fuse_projections()
     use_dequantizing_linears(transformer, per_call, _linear_dtype(checkpoint_dtype, dtype))
-    mx.eval(transformer.parameters())
+    with phase("eval"):
+        mx.eval(transformer.parameters())
 
     vae_cfg = _config(VaeConfig.from_dict, source.read_json("vae/config.json"), source.label)
     vae = AutoencoderKL(vae_cfg)
