@@ -20,7 +20,6 @@ from ollama_img import viewer
 from ollama_img.cli import outputs
 from ollama_img.cli.app import OPTIONAL_VALUES, app
 from ollama_img.cli.completion import complete_model_names
-from ollama_img.cli.progress import make_progress
 from ollama_img.engine.params import MAX_IMAGES, generate_params, parse_size
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
@@ -98,6 +97,8 @@ def engine_events(body: dict) -> Iterator[dict]:
 
 def generate(options: RunOptions, prompt: str | None) -> dict:
     """Run one request with progress on stderr; returns the engine's final object."""
+    from ollama_img.cli.progress import make_progress  # rich: only for a command that shows progress
+
     progress = make_progress(sys.stderr)
     try:
         with contextlib.closing(engine_events(options.request(prompt))) as events:

@@ -1,4 +1,10 @@
-"""`create`, `list`, `show`, `rm`, `cp`: commands that work on the model store alone (no engine; MLX only to quantize)."""
+"""`create`, `list`, `show`, `rm`, `cp`: commands that work on the model store alone (no engine; MLX only to quantize).
+
+The store and rich are imported inside the commands that use them: every command module is imported
+for `--help` and `ps` too, which must start fast.
+"""
+
+from __future__ import annotations
 
 import datetime
 import json
@@ -6,25 +12,20 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from ollama_img.backend import require_mlx
 from ollama_img.cli.app import app
 from ollama_img.cli.formatting import human_age, human_bytes, human_count, table
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
 from ollama_img.quantization import QuantType, describe, parse_quant_type, rule_for
-from ollama_img.store import ImportPlan, Store, import_folder, inspect_folder, plan_from_model
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from ollama_img.store import ImportPlan
 
 
 @app.command()
@@ -45,6 +46,8 @@ def create(
     ),
 ):
     """Import a diffusers model folder into the store under NAME (or quantize a stored model)."""
+    from ollama_img.store import Store, import_folder, inspect_folder, plan_from_model
+
     model = ModelName.parse(name)
     quant = parse_quant_type(quantize) if quantize is not None else None
     store = Store()
@@ -59,6 +62,8 @@ def create(
     else:
         plan = inspect_folder(folder if folder is not None else Path.cwd())
     if quant is not None:
+        from ollama_img.backend import require_mlx
+
         rule_for(plan.architecture.class_name)
         require_mlx()  # quantizing runs MLX: fail before the store is touched if it cannot
     started = time.monotonic()
@@ -75,6 +80,8 @@ def create(
 @app.command("list")
 def list_models():
     """List the models in the store."""
+    from ollama_img.store import Store
+
     rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
     for entry in Store().list():
         if entry.manifest is None:
@@ -97,6 +104,8 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the model's description as JSON."),
 ):
     """Show a model's architecture, parameters, quantization and components."""
+    from ollama_img.store import Store
+
     model = ModelName.parse(name)
     store = Store()
     manifest = store.manifest(model)
@@ -154,6 +163,8 @@ def show(
 @app.command()
 def rm(names: list[str] = typer.Argument(..., help="Model names to remove.")):
     """Remove models, and every blob no remaining model uses."""
+    from ollama_img.store import Store
+
     removal = Store().remove([ModelName.parse(n) for n in names])
     for name in removal.removed:
         print(f"deleted '{name}'")
@@ -169,6 +180,8 @@ def cp(
     destination: str = typer.Argument(..., help="The new name."),
 ):
     """Copy a model to a new name (no blob is copied: both names share them)."""
+    from ollama_img.store import Store
+
     src, dst = ModelName.parse(source), ModelName.parse(destination)
     Store().copy(src, dst)
     print(f"copied '{src}' to '{dst}'")
@@ -195,6 +208,8 @@ class _ImportProgress:
     PLAIN_STEP = 10  # percent between plain lines
 
     def __init__(self, name: ModelName, plan: ImportPlan, quant: QuantType | None = None):
+        from rich.console import Console
+
         self.plan = plan
         self.quantizing = quant is not None
         self.console = Console(stderr=True)
@@ -211,6 +226,15 @@ class _ImportProgress:
 
     def __enter__(self):
         if self.interactive:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._bar = Progress(
                 TextColumn("[bold]quantizing" if self.quantizing else "[bold]importing"),
                 BarColumn(),
