@@ -96,26 +96,27 @@ def make_private_dirs(folders) -> None:
 _configured: CompileCaches | None = None
 
 
-def configure(environ=None) -> CompileCaches:
+def configure() -> CompileCaches:
     """Point MLX and the CUDA driver at the persistent caches; once per process, before MLX is imported."""
     global _configured
     if _configured is None:
-        _configured = _configure(os.environ if environ is None else environ)
+        _configured = configure_environ(os.environ, probe_gpu)
     return _configured
 
 
-def _configure(environ) -> CompileCaches:
+def configure_environ(environ, probe) -> CompileCaches:
+    """Set the caches' variables in `environ` and create their folders, where `probe()` finds a GPU.
+
+    `probe` returns device 0's compute capability, or None without an NVIDIA GPU; it is called after the
+    driver's variables are set, since the driver reads them when it starts.
+    """
     if not sys.platform.startswith("linux"):
-        return CompileCaches()
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:  # no NVIDIA driver: nothing to cache
         return CompileCaches()
     root = cache_dir()
     caches = driver_settings(environ, root)
-    environ.update(caches.settings)  # before cuInit, which reads them
-    capability = gpu_compute_capability(cuda)
-    if capability is None:  # a driver but no usable GPU
+    environ.update(caches.settings)
+    capability = probe()
+    if capability is None:  # no NVIDIA GPU: nothing to cache, nothing set
         for name in caches.settings:
             environ.pop(name, None)
         return CompileCaches()
@@ -125,6 +126,15 @@ def _configure(environ) -> CompileCaches:
     make_private_dirs(caches.settings[n] for n in (MLX_ENV, CUDA_PATH_ENV) if n in caches.settings)
     environ.update(caches.settings)
     return caches
+
+
+def probe_gpu() -> tuple[int, int] | None:
+    """Device 0's compute capability through the CUDA driver, or None where there is none."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    return gpu_compute_capability(cuda)
 
 
 def gpu_compute_capability(cuda: ctypes.CDLL) -> tuple[int, int] | None:

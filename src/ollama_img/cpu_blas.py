@@ -103,11 +103,38 @@ def _install() -> str | None:
     return f"OpenBLAS ({config().decode(errors='replace').strip()})"
 
 
+def serving_library(symbol: str = "cblas_sgemm") -> Path | None:
+    """The library file whose code libmlx's `symbol` slot points into now (libmlx.so itself while a
+    lazily bound slot has not been called yet), or None off Linux or when libmlx does not import it."""
+    if sys.platform != "linux":
+        return None
+    slots = got_slots(*_loaded_libmlx(), [symbol])
+    if not slots:
+        return None
+    address = ctypes.c_void_p.from_address(slots[0].address).value
+    info = _DlInfo()
+    if not address or not ctypes.CDLL(None).dladdr(ctypes.c_void_p(address), ctypes.byref(info)):
+        return None
+    return Path(info.dli_fname.decode(errors="replace"))
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [
+        ("dli_fname", ctypes.c_char_p),
+        ("dli_fbase", ctypes.c_void_p),
+        ("dli_sname", ctypes.c_char_p),
+        ("dli_saddr", ctypes.c_void_p),
+    ]
+
+
 def _openblas() -> ctypes.CDLL | None:
     """scipy-openblas32's library, loaded without running its package (which imports importlib.metadata)."""
     import importlib.util
 
-    spec = importlib.util.find_spec("scipy_openblas32")
+    try:
+        spec = importlib.util.find_spec("scipy_openblas32")
+    except (ImportError, ValueError):  # hidden or broken: as good as missing
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     lib_dir = Path(next(iter(spec.submodule_search_locations))) / "lib"

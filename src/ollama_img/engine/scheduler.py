@@ -88,7 +88,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.warm_up_mode = warmup.mode_from_env()
+        self.warm_up = warmup.WarmUpPolicy.from_env()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -221,9 +221,7 @@ class Scheduler:
             task = asyncio.create_task(self._finish(job, model, images, resolved, timings))
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
-            if not (params.prompt or model.warm or model.stop_requested) and warmup.wanted(
-                model.pipe, self.warm_up_mode
-            ):
+            if not (params.prompt or model.warm or model.stop_requested) and self.warm_up.wanted(model.pipe):
                 await self._warm_up(model, keepalive)  # answered already: nobody waits for this
         except JobCancelled:
             log.info("job %d cancelled", job.id)
@@ -297,7 +295,7 @@ class Scheduler:
         """Run the model's warm-up on the worker before the next job; a failure only costs the warm-up."""
         model.busy = True
         try:
-            await self._in_worker(warmup.warm_up, model.pipe, model.name)
+            await self._in_worker(self.warm_up.run, model.pipe, model.name)
             model.warm = True
         except Exception:
             log.exception("warm-up of %s failed; the model stays loaded", model.name)

@@ -7,7 +7,8 @@ memory, and the warm-up runs right after, on the device worker, while the person
 image then starts with its kernels compiled and its GPU library plans made. The pipeline decides
 what a warm-up runs and whether its device needs one (`benefits_from_warm_up`).
 
-`OLLAMA_IMG_WARMUP`: `auto` (default: where the pipeline benefits), `1` always, `0` never.
+`OLLAMA_IMG_WARMUP`: `auto` (default: where the pipeline benefits, at the model's default size), `1`
+(always), `WIDTHxHEIGHT` (always, at that size: the one you mostly make), `0` (never).
 """
 
 from __future__ import annotations
@@ -15,35 +16,50 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 from ollama_img.errors import UserError
 
 log = logging.getLogger("ollama_img.engine")
 WARMUP_ENV = "OLLAMA_IMG_WARMUP"
-_MODES = {"auto": "auto", "": "auto", "1": "on", "on": "on", "0": "off", "off": "off"}
 
 
-def mode_from_env() -> str:
-    """auto, on or off; a UserError for any other value."""
-    raw = os.environ.get(WARMUP_ENV, "").strip().lower()
-    if raw not in _MODES:
-        raise UserError(f"{WARMUP_ENV} must be auto, 1 or 0, got {raw!r}")
-    return _MODES[raw]
+@dataclass(frozen=True)
+class WarmUpPolicy:
+    mode: str = "auto"  # auto, on, off
+    size: tuple[int, int] | None = None  # None: the model's default size
 
+    @classmethod
+    def from_env(cls) -> WarmUpPolicy:
+        """The policy `OLLAMA_IMG_WARMUP` asks for; a UserError naming the variable when it is not one."""
+        raw = os.environ.get(WARMUP_ENV, "").strip().lower()
+        if raw in ("", "auto"):
+            return cls()
+        if raw in ("1", "on"):
+            return cls("on")
+        if raw in ("0", "off"):
+            return cls("off")
+        from ollama_img.engine.params import parse_size
 
-def wanted(pipe, mode: str) -> bool:
-    if mode == "auto":
-        return bool(getattr(pipe, "benefits_from_warm_up", False))
-    return mode == "on" and hasattr(pipe, "warm_up")
+        try:
+            return cls("on", parse_size(raw))
+        except UserError:
+            raise UserError(f"{WARMUP_ENV} must be auto, 1, 0 or WIDTHxHEIGHT, got {raw!r}") from None
 
+    def wanted(self, pipe) -> bool:
+        if not hasattr(pipe, "warm_up") or self.mode == "off":
+            return False
+        return self.mode == "on" or bool(getattr(pipe, "benefits_from_warm_up", False))
 
-def warm_up(pipe, name: str) -> float:
-    """Run the pipeline's warm-up (on the device worker) and log it; its seconds."""
-    started = time.monotonic()
-    pipe.warm_up()
-    seconds = time.monotonic() - started
-    log.info("warmed up %s in %.2fs (warm-up)", name, seconds)
-    return seconds
+    def run(self, pipe, name: str) -> float:
+        """Run the pipeline's warm-up (on the device worker) and log it; its seconds."""
+        width, height = self.size or (None, None)
+        started = time.monotonic()
+        pipe.warm_up(width=width, height=height)
+        seconds = time.monotonic() - started
+        where = f" at {width}x{height}" if self.size else ""
+        log.info("warmed up %s%s in %.2fs (warm-up)", name, where, seconds)
+        return seconds
 
 
 def compile_note() -> str | None:
