@@ -6,8 +6,8 @@ import importlib
 from pathlib import Path
 
 from ollama_img.backend import require_mlx
-from ollama_img.load_timing import phase
 from ollama_img.models import architecture_for
+from ollama_img.phases import phase
 from ollama_img.weights import open_source
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ollama_img.backend import require_mlx
 from ollama_img.errors import UserError
-from ollama_img.load_timing import timed
+from ollama_img.phases import timed
 from ollama_img.quantization import QuantParams
 
 if TYPE_CHECKING:

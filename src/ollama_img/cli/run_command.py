@@ -96,17 +96,24 @@ def engine_events(body: dict) -> Iterator[dict]:
 
 
 def generate(options: RunOptions, prompt: str | None) -> dict:
-    """Run one request with progress on stderr; returns the engine's final object."""
-    from ollama_img.cli.progress import make_progress  # rich: only for a command that shows progress
+    """Run one request with progress on stderr; returns the engine's final object.
 
-    progress = make_progress(sys.stderr)
+    The progress display (rich) is imported once the first event is in, so that its import overlaps
+    the engine's work instead of delaying the request."""
+    progress = None
     try:
         with contextlib.closing(engine_events(options.request(prompt))) as events:
             for event in events:
-                if not event.get("done"):
-                    progress.update(event)
+                if event.get("done"):
+                    continue
+                if progress is None:
+                    from ollama_img.cli.progress import make_progress
+
+                    progress = make_progress(sys.stderr)
+                progress.update(event)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
     return event  # the client raises unless the stream ends with the final object
 
 

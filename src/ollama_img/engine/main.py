@@ -83,6 +83,9 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
     keepalive = default_keepalive()
     max_loaded = max_loaded_from_env()
     processor = processor_name()  # also fails early, and clearly, when MLX has no back end
+    from ollama_img import caches
+
+    log.info(caches.configure().describe())  # set before MLX was imported (backend.require_mlx)
     runtime.ensure_private_dir(runtime.socket_path().parent)
     lock = runtime.PidLock(runtime.pid_path())
     lock.acquire()

@@ -256,7 +256,7 @@ class Scheduler:
         job.emit(Event(DONE, result=result))
         if images:
             log.info(
-                "job %d done: %s, %d image(s) %dx%d, %d steps in %.2fs (+%.2fs encoding)",
+                "job %d done: %s, %d image(s) %dx%d, %d steps in %.2fs (%s; +%.2fs encoding)",
                 job.id,
                 model.name,
                 len(images),
@@ -264,6 +264,7 @@ class Scheduler:
                 resolved["height"],
                 resolved["steps"],
                 timings.generate,
+                resolved["phases"],
                 timings.encode,
             )
 
@@ -323,7 +324,7 @@ class Scheduler:
     def _load_and_measure(name: str):
         # MLX streams are per thread: everything that touches the model's arrays stays on the worker.
         from ollama_img import load_pipeline
-        from ollama_img.load_timing import recording
+        from ollama_img.phases import recording
 
         with recording() as timer:
             pipe = load_pipeline(name)
@@ -349,6 +350,14 @@ class Scheduler:
         return resolved
 
     def _generate(self, job: Job, model: LoadedModel):
+        from ollama_img.phases import recording
+
+        with recording() as timer:
+            images, resolved = self._generate_images(job, model)
+        resolved["phases"] = timer.summary()
+        return images, resolved
+
+    def _generate_images(self, job: Job, model: LoadedModel):
         params = job.params
         resolved = self._validate(model.pipe, params)
         extra = {} if params.teacache is None else {"teacache": params.teacache}

@@ -7,12 +7,12 @@ import mlx.nn as nn
 
 from ollama_img.backend import platform_backend
 from ollama_img.errors import UserError
-from ollama_img.load_timing import phase
 from ollama_img.models.zimage.pipeline import ZImagePipeline
 from ollama_img.models.zimage.text_encoder import Qwen3Config, Qwen3TextEncoder
 from ollama_img.models.zimage.tokenizer import PromptTokenizer
 from ollama_img.models.zimage.transformer import ZImageConfig, ZImageTransformer
 from ollama_img.models.zimage.vae import AutoencoderKL, VaeConfig
+from ollama_img.phases import phase
 from ollama_img.quantization import MODES, QuantParams, loading_strategy
 from ollama_img.quantized_linear import (
     DEQUANTIZE_AT_LOAD,

@@ -21,6 +21,7 @@ from ollama_img.models.zimage.text_encoder import Qwen3TextEncoder
 from ollama_img.models.zimage.tokenizer import PromptTokenizer
 from ollama_img.models.zimage.transformer import PATCH, Caption, Modulation, ZImageTransformer
 from ollama_img.models.zimage.vae import AutoencoderKL
+from ollama_img.phases import phase
 from ollama_img.teacache import TeaCache
 
 StepCallback = Callable[[int, int], None]
@@ -151,7 +152,10 @@ class ZImagePipeline:
 
     def generate(self, prompt: str, **kwargs) -> Image.Image:
         """One image; the arguments are `denoise`'s."""
-        return self.decode(self.denoise(prompt, **kwargs))
+        with phase("denoise"):
+            latents = self.denoise(prompt, **kwargs)
+        with phase("decode"):
+            return self.decode(latents)
 
     def denoise(
         self,
@@ -191,13 +195,14 @@ class ZImagePipeline:
             x = self.initial_latents(width, height, secrets.randbits(32) if seed is None else seed)
 
         use_cfg = guidance > 0
-        positive = self._caption(self.encode_prompt(prompt))
-        plain = [Branch("positive", positive, 1)]
-        guided = (
-            self._guided_branches(positive, self._caption(self.encode_prompt(negative_prompt or "")))
-            if use_cfg
-            else plain
-        )
+        with phase("text"):
+            positive = self._caption(self.encode_prompt(prompt))
+            plain = [Branch("positive", positive, 1)]
+            guided = (
+                self._guided_branches(positive, self._caption(self.encode_prompt(negative_prompt or "")))
+                if use_cfg
+                else plain
+            )
 
         seq_len = (x.shape[2] // PATCH) * (x.shape[3] // PATCH)
         sig = scheduler.sigmas(self.scheduler_config, steps, seq_len)

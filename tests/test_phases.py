@@ -2,7 +2,7 @@
 
 import threading
 
-from ollama_img.load_timing import phase, recording, timed
+from ollama_img.phases import phase, recording, timed
 
 
 class Clock:

@@ -1,9 +1,10 @@
-"""Where a model load spends its time: named phases (resolve, read, build, eval) with their seconds.
+"""Where a load or a generation spends its time: named phases with their seconds.
 
-The engine records a load; loading code marks its phases with `phase(name)` (or `@timed(name)`),
-which costs next to nothing when nobody records, as under the Python API. Phases may nest: each
-counts only its own time, an inner phase's seconds are taken out of the outer one's, so the figures
-add up to the load. A name used twice adds up.
+Loads report resolve, read, build and eval; generations text, denoise and decode. The engine records
+them; the code marks its phases with `phase(name)` (or `@timed(name)`), which costs next to nothing
+when nobody records, as under the Python API. Phases may nest: each counts only its own time, an
+inner phase's seconds are taken out of the outer one's, so the figures add up to the whole. A name
+used twice adds up.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from collections.abc import Iterator
 _local = threading.local()
 
 
-class LoadTimer:
-    """The phases of one load, in the order they first ended."""
+class PhaseTimer:
+    """The phases of one load or generation, in the order they first ended."""
 
     def __init__(self, clock=time.perf_counter):
         self.clock = clock
@@ -33,9 +34,9 @@ class LoadTimer:
 
 
 @contextlib.contextmanager
-def recording(clock=time.perf_counter) -> Iterator[LoadTimer]:
+def recording(clock=time.perf_counter) -> Iterator[PhaseTimer]:
     """Record the phases that code on this thread marks until the block ends."""
-    timer = LoadTimer(clock)
+    timer = PhaseTimer(clock)
     previous = getattr(_local, "timer", None)
     _local.timer = timer
     try:
@@ -47,7 +48,7 @@ def recording(clock=time.perf_counter) -> Iterator[LoadTimer]:
 @contextlib.contextmanager
 def phase(name: str) -> Iterator[None]:
     """Count the block's time (less that of phases inside it) as `name`, if a recording is on."""
-    timer: LoadTimer | None = getattr(_local, "timer", None)
+    timer: PhaseTimer | None = getattr(_local, "timer", None)
     if timer is None:
         yield
         return
