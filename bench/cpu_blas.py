@@ -78,8 +78,9 @@ def child_matmul(repeats: int = 10) -> dict:
     }
 
 
-def child_model(folder: str) -> dict:
+def child_model(folder: str, size: str = str(MODEL_SIZE), steps: str = str(MODEL_STEPS)) -> dict:
     """Load, one small image to get every first-time cost out of the way, then the timed one."""
+    size, steps = int(size), int(steps)
     from ollama_img import load_pipeline
     from ollama_img.cpu_blas import install
 
@@ -90,9 +91,7 @@ def child_model(folder: str) -> dict:
     import mlx.core as mx
 
     t0 = time.perf_counter()
-    latents = pipe.denoise(
-        "a lighthouse at dawn", width=MODEL_SIZE, height=MODEL_SIZE, steps=MODEL_STEPS, seed=1
-    )
+    latents = pipe.denoise("a lighthouse at dawn", width=size, height=size, steps=steps, seed=1)
     mx.eval(latents)
     denoise_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -135,15 +134,19 @@ def main():
 
     matmul = {True: [], False: []}
     model = {True: [], False: []}
+    tiny = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
-        from tests.fixtures.zimage_folder import build_zimage_folder
+        from tests.fixtures.zimage_folder import TINY, build_zimage_folder
 
         folder = str(build_zimage_folder(Path(tmp) / "mid", mid_sizes()))
+        tiny_folder = str(build_zimage_folder(Path(tmp) / "tiny", TINY))
         for round_ in range(max(args.rounds, args.model_rounds)):
             for bundled in (True, False):
                 if round_ < args.rounds:
                     matmul[bundled].append(run_child("matmul", bundled))
                     print(f"round {round_ + 1}, bundled={bundled}: {matmul[bundled][-1]}", flush=True)
+                    tiny[bundled].append(run_child("model", bundled, tiny_folder, "64", "4"))
+                    print(f"round {round_ + 1}, bundled={bundled}: tiny {tiny[bundled][-1]}", flush=True)
                 if round_ < args.model_rounds:
                     model[bundled].append(run_child("model", bundled, folder))
                     print(f"round {round_ + 1}, bundled={bundled}: {model[bundled][-1]}", flush=True)
@@ -159,6 +162,9 @@ def main():
         f"| what | MLX, bundled BLAS | MLX, OpenBLAS | numpy ({M}x{K} @ {K}x{N} only) |",
         "| --- | --- | --- | --- |",
         f"| float32 {M}x{K} @ {K}x{N}, GFLOP/s | {ref:.1f} | {fast:.1f} | {numpy_gflops:.1f} |",
+        f"| tiny Z-Image (bench/cpu_tiny.py's) 64x64, 4 steps + decode, s "
+        f"| {best_of(tiny[True], 'denoise_s', False) + best_of(tiny[True], 'decode_s', False):.3f} "
+        f"| {best_of(tiny[False], 'denoise_s', False) + best_of(tiny[False], 'decode_s', False):.3f} | |",
         f"| mid-size Z-Image load, s | {best_of(model[True], 'load_s', False):.2f} "
         f"| {best_of(model[False], 'load_s', False):.2f} | |",
         f"| mid-size Z-Image {MODEL_SIZE}x{MODEL_SIZE}, {MODEL_STEPS} denoising steps, s "

@@ -21,7 +21,7 @@ _USAGE_ERRORS = (_ClickException,)
 
 app = typer.Typer(
     name="ollama-img",
-    help="Run local text-to-image models: create, run, list, show, ps, stop, rm, cp, serve.",
+    help="Run local text-to-image models: pull, create, run, list, show, ps, stop, rm, cp, push, serve.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -41,7 +41,7 @@ def _root(
         False, "--version", "-v", help="Show the version and exit.", callback=_version_callback, is_eager=True
     ),
 ):
-    """Run local text-to-image models: create, run, list, show, ps, stop, rm, cp, serve."""
+    """Run local text-to-image models: pull, create, run, list, show, ps, stop, rm, cp, push, serve."""
 
 
 def fail(message: str):
@@ -94,4 +94,4 @@ def main(argv: list[str] | None = None):
 
 def _register_commands():
     """Import the command modules; each adds its commands to `app` (imported here to keep start-up lean)."""
-    from ollama_img.cli import engine_commands, run_command, store_commands  # noqa: F401
+    from ollama_img.cli import engine_commands, run_command, store_commands, transfer_commands  # noqa: F401

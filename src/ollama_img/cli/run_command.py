@@ -330,6 +330,9 @@ def run(
         format_=format_,
         teacache=teacache,
     )
+    from ollama_img.cli.transfer_commands import pull_if_missing
+
+    pull_if_missing(model)  # hf.co/... or a registry model not in the store: offered for pulling
     text = " ".join(prompt) if prompt else None
     if text is None and not sys.stdin.isatty():
         text = sys.stdin.read()

@@ -8,24 +8,18 @@ from __future__ import annotations
 
 import datetime
 import json
-import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 from ollama_img.cli.app import app
 from ollama_img.cli.formatting import human_age, human_bytes, human_count, table
+from ollama_img.cli.transfer_progress import TransferDisplay
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
-from ollama_img.quantization import QuantType, describe, parse_quant_type, rule_for
-
-if TYPE_CHECKING:
-    from rich.progress import Progress
-
-    from ollama_img.store import ImportPlan
+from ollama_img.quantization import describe, parse_quant_type, rule_for
 
 
 @app.command()
@@ -67,8 +61,14 @@ def create(
         rule_for(plan.architecture.class_name)
         require_mlx()  # quantizing runs MLX: fail before the store is touched if it cannot
     started = time.monotonic()
-    with _ImportProgress(model, plan, quant) as progress:
-        result = import_folder(store, model, plan, progress=progress, quantize=quant)
+    header = (
+        f"importing '{model}' from {plan.origin}: {plan.tensor_count} tensors, {human_bytes(plan.tensor_bytes)}"
+        + (f", quantizing to {quant.name}" if quant else "")
+    )
+    with TransferDisplay(header) as display:
+        phase = "quantizing" if quant else "importing"
+        display.start(phase, plan.tensor_bytes, plan.tensor_count, unit="tensors", announce=False)
+        result = import_folder(store, model, plan, progress=display.import_callback(), quantize=quant)
     elapsed = time.monotonic() - started
     freed = f"; freed {human_bytes(result.bytes_freed)} the replaced model used" if result.bytes_freed else ""
     print(
@@ -200,75 +200,3 @@ def _wrapped_table(rows: list[tuple[str, str]], width: int = 100) -> str:
 
 def _indent(text: str, n: int) -> str:
     return "\n".join(" " * n + line for line in text.splitlines())
-
-
-class _ImportProgress:
-    """Progress of an import on stderr: a rich bar (bytes and tensors) on a terminal, else plain lines."""
-
-    PLAIN_STEP = 10  # percent between plain lines
-
-    def __init__(self, name: ModelName, plan: ImportPlan, quant: QuantType | None = None):
-        from rich.console import Console
-
-        self.plan = plan
-        self.quantizing = quant is not None
-        self.console = Console(stderr=True)
-        self.interactive = self.console.is_terminal
-        self.bytes_done = 0
-        self.tensors_done = 0
-        self._next_plain = self.PLAIN_STEP
-        self._bar: Progress | None = None
-        self._task = None
-        self._header = (
-            f"importing '{name}' from {plan.origin}: {plan.tensor_count} tensors, "
-            f"{human_bytes(plan.tensor_bytes)}" + (f", quantizing to {quant.name}" if quant else "")
-        )
-
-    def __enter__(self):
-        if self.interactive:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("[bold]quantizing" if self.quantizing else "[bold]importing"),
-                BarColumn(),
-                DownloadColumn(),
-                TextColumn("{task.fields[tensors]}/{task.fields[total_tensors]} tensors"),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(
-                "import", total=self.plan.tensor_bytes, tensors=0, total_tensors=self.plan.tensor_count
-            )
-        else:
-            print(self._header, file=sys.stderr, flush=True)
-        return self
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.stop()
-
-    def __call__(self, nbytes: int, ntensors: int):
-        self.bytes_done += nbytes
-        self.tensors_done += ntensors
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.bytes_done, tensors=self.tensors_done)
-            return
-        total = self.plan.tensor_bytes or 1
-        percent = 100 * self.bytes_done // total
-        if ntensors and percent >= self._next_plain:
-            self._next_plain = (percent // self.PLAIN_STEP + 1) * self.PLAIN_STEP
-            print(
-                f"  {percent:3d}%  {human_bytes(self.bytes_done)} of {human_bytes(total)}, "
-                f"{self.tensors_done}/{self.plan.tensor_count} tensors",
-                file=sys.stderr,
-                flush=True,
-            )

@@ -72,6 +72,7 @@ class ImportPlan:
     architecture: Architecture
     files: tuple[FileItem, ...]  # top-level files (model_index.json)
     components: tuple[ComponentPlan, ...]
+    quantization: dict | None = None  # the config's record for weights that arrive quantized already
 
     @property
     def tensor_count(self) -> int:
@@ -137,7 +138,7 @@ def _inspect_weights(folder: Path, directory: Path, component: Component) -> tup
         shard_names = [single.name]
         weight_map = None
     elif index_path.is_file():
-        weight_map = _read_weight_map(index_path, f"{name}/{index_path.name}")
+        weight_map = read_weight_map(index_path, f"{name}/{index_path.name}")
         shard_names = sorted(set(weight_map.values()))
         for shard in shard_names:
             if not (directory / shard).is_file():
@@ -168,7 +169,7 @@ def _inspect_weights(folder: Path, directory: Path, component: Component) -> tup
     return tuple(shards)
 
 
-def _read_weight_map(path: Path, display: str) -> dict[str, str]:
+def read_weight_map(path: Path, display: str) -> dict[str, str]:
     index = _read_json(path, display)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:

@@ -229,7 +229,9 @@ def _encode_config(plan: ImportPlan, layers: list[Layer], quantizer: _Quantizer 
         "components": components,
         "parameter_count": sum(c.parameters for c in plan.components),
         "quantization": (
-            config_record(quantizer.quant, quantizer.rule, quantizer.tally.quantized) if quantizer else None
+            config_record(quantizer.quant, quantizer.rule, quantizer.tally.quantized)
+            if quantizer
+            else plan.quantization
         ),
         "total_size": sum(layer.size for layer in layers),
     }
