@@ -83,12 +83,10 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
     keepalive = default_keepalive()
     max_loaded = max_loaded_from_env()
     processor = processor_name()  # also fails early, and clearly, when MLX has no back end
-    from ollama_img import caches
-
-    log.info(caches.configure().describe())  # set before MLX was imported (backend.require_mlx)
     runtime.ensure_private_dir(runtime.socket_path().parent)
     lock = runtime.PidLock(runtime.pid_path())
     lock.acquire()
+    _log_compile_caches()
     listeners = []
     try:
         unix = runtime.UnixListener(runtime.socket_path())
@@ -119,6 +117,15 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
         for listener in listeners:
             listener.remove()
         lock.release()
+
+
+def _log_compile_caches():
+    """Where the GPU kernels compiled by this engine are kept (set before MLX was imported: backend)."""
+    from ollama_img import caches
+
+    configured = caches.configure()
+    if configured.settings or configured.kept:
+        log.info(configured.describe())
 
 
 def main():
