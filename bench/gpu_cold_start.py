@@ -2,6 +2,7 @@
 
     python bench/gpu_cold_start.py --out DIR [--folder DIR] [--write]   # GPU: full-size model, about 7 min
     python bench/gpu_cold_start.py --out DIR --tiny                     # CPU: the tiny model, a check of the script
+    python bench/gpu_cold_start.py --from-json DIR/cold_start.json --write  # the table into bench/RESULTS.md
 
 Every step is its own process, timed by the wall clock around it, in a private world (HOME, store,
 caches, runtime dir) made fresh for this run, so the first `run` meets empty compile caches:
@@ -171,6 +172,19 @@ class Runs:
                 say(f"load-only {key[:-2]}", record[key])
         self.records.append(record)
         return record
+
+
+def gpu_name() -> str:
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "no GPU"
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else "no GPU"
 
 
 def folder_size(path: Path) -> tuple[int, int]:
@@ -357,6 +371,7 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="the tiny model on the CPU: a check of this script")
     ap.add_argument("--skip", nargs="*", default=[], choices=["profile", "diffusers", "new-size", "warm-up"])
     ap.add_argument("--write", action="store_true", help="put the table into bench/RESULTS.md")
+    ap.add_argument("--from-json", type=Path, help="only rebuild the table from a run's cold_start.json")
     ap.add_argument("--child", choices=["profile", "diffusers"], help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -364,6 +379,10 @@ def main():
     if args.child:
         fn = child_profile if args.child == "profile" else child_diffusers
         args.json.write_text(json.dumps(fn(str(args.folder), profile), indent=2))
+        return
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+        publish(report, None, args.write)
         return
     if args.out is None:
         ap.error("--out is required")
@@ -376,7 +395,7 @@ def main():
     folder = (args.folder or base / ("zimage-tiny" if args.tiny else "zimage-full")).resolve()
     report = {
         "date": str(date.today()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{gpu_name()}, {platform.machine()}, {os.cpu_count()} cores",
         "tiny": args.tiny,
         "folder": str(folder),
         "diffusers_size": "x".join(map(str, profile.diffusers_size)),
@@ -424,18 +443,26 @@ def main():
         report["runs"] = runs.records
         world.close()
         shutil.rmtree(world_root, ignore_errors=True)
-    text = table(report)
+    report["store_dir"] = str(base)
     (out / "cold_start.json").write_text(json.dumps(report, indent=2))
+    publish(report, out, args.write)
+
+
+def publish(report: dict, out: Path | None, write: bool):
+    """The table on stdout, in OUT/cold_start.md, and (--write, full size only) in bench/RESULTS.md."""
+    what = "tiny model, CPU" if report["tiny"] else "full-size random-weight Z-Image-Turbo"
     header = (
-        f"Measured {report['date']} ({report['machine']}; {'tiny model, CPU' if args.tiny else 'full-size random-weight Z-Image-Turbo'}, "
-        f"folder and store in {base}), each step its own process, wall clock; create took {report['create_s']:.1f} s."
+        f"Measured {report['date']} ({report['machine']}; {what}, folder and store in {report['store_dir']}), "
+        f"each step its own process, wall clock; create took {report.get('create_s', float('nan')):.1f} s."
     )
-    (out / "cold_start.md").write_text(header + "\n\n" + text + "\n")
-    print(header + "\n\n" + text, flush=True)
-    if args.write and not args.tiny:
+    text = header + "\n\n" + table(report)
+    if out is not None:
+        (out / "cold_start.md").write_text(text + "\n")
+    print(text, flush=True)
+    if write and not report["tiny"]:
         from bench.results import replace_section
 
-        replace_section("GPU cold start (bench/gpu_cold_start.py)", header + "\n\n" + text)
+        replace_section("GPU cold start (bench/gpu_cold_start.py)", text)
 
 
 if __name__ == "__main__":
