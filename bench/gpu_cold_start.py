@@ -133,6 +133,8 @@ class Runs:
         if finished:
             record["generate_phases"] = phases_in(finished.group(1))
         record["compile_note"] = "kernel cache" in new_log and "is empty" in new_log
+        if record["compile_note"]:
+            say(f"{label} engine log", "says the GPU kernels are compiled once now")
         record["cli_transfer_s"] = wall - (record["spawn_s"] or 0.0) - durations["total"]
         for key in ("wall_s", "spawn_s", "load_s", "generate_s", "encode_s", "cli_transfer_s"):
             if isinstance(record.get(key), float):
