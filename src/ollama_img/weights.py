@@ -2,7 +2,9 @@
 
 Model code asks a source for a component's config files and tensors and never learns which kind it
 has, so loading from the store and from a folder is one code path. Tensors come from `mx.load`, which
-maps safetensors files lazily: nothing is read until a computation needs it.
+reads safetensors files lazily: only headers are read until a computation needs the tensors. An array
+belongs to a stream of the thread that made it and only that thread can evaluate it, so a thread that
+reads part of a component asks for those tensors itself (`weights(component, names)`).
 
 A quantized weight (a store model made with `create --quantize`) arrives as `<base>.weight` (packed),
 `<base>.scales` and, for affine modes, `<base>.biases`, with its parameters in `ComponentWeights.quantized`.
@@ -11,6 +13,7 @@ A quantized weight (a store model made with `create --quantize`) arrives as `<ba
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -44,7 +47,10 @@ class WeightSource(Protocol):
 
     def read_text(self, relpath: str) -> str | None: ...
 
-    def weights(self, component: str) -> ComponentWeights: ...
+    def weights(self, component: str, names: Collection[str] | None = None) -> ComponentWeights:
+        """The component's tensors (lazy, made on the calling thread); with `names`, only those (a
+        quantized weight's companions come with its weight)."""
+        ...
 
 
 class FolderSource:
@@ -55,6 +61,7 @@ class FolderSource:
         self.label = str(self.root)
         self.digest = None
         self.capabilities = None
+        self._holds: dict[str, dict[str, Path]] = {}  # component -> tensor name -> its file, once read
         if not (self.root / "model_index.json").is_file():
             raise UserError(f"{self.root} is not a model folder: model_index.json is missing")
 
@@ -69,23 +76,41 @@ class FolderSource:
         return _parse_json(text, f"{self.label}/{relpath}")
 
     @timed("read")
-    def weights(self, component: str) -> ComponentWeights:
+    def weights(self, component: str, names: Collection[str] | None = None) -> ComponentWeights:
         """The component's tensors, from the files the importer would store (`store.folder.weight_files`)."""
+        mx = require_mlx()
+        files = self._files_of(component) if names is None else self._files_holding(component, names)
+        out: dict[str, mx.array] = {}
+        holds: dict[str, Path] = {}
+        for f in files:
+            try:
+                arrays = mx.load(str(f))
+            except Exception as exc:  # mlx raises RuntimeError/ValueError for malformed files
+                raise UserError(f"{self.label}: cannot read {component}/{f.name}: {exc}") from None
+            out.update(arrays if names is None else {k: v for k, v in arrays.items() if k in names})
+            if names is None:
+                holds.update(dict.fromkeys(arrays, f))
+        if names is None:
+            self._holds[component] = holds
+        return ComponentWeights(out)
+
+    def _files_of(self, component: str) -> list[Path]:
         from ollama_img.models import architecture_for
         from ollama_img.store.folder import weight_files
 
-        mx = require_mlx()
         architecture = architecture_for(self.read_json("model_index.json").get("_class_name"))
         declared = {c.name: c for c in architecture.components if c.weights}
         if component not in declared:
             raise UserError(f"{self.label}: {architecture.class_name} has no weights in {component}/")
-        out: dict[str, mx.array] = {}
-        for f in weight_files(self.root / component, declared[component]):
-            try:
-                out.update(mx.load(str(f)))
-            except Exception as exc:  # mlx raises RuntimeError/ValueError for malformed files
-                raise UserError(f"{self.label}: cannot read {component}/{f.name}: {exc}") from None
-        return ComponentWeights(out)
+        return weight_files(self.root / component, declared[component])
+
+    def _files_holding(self, component: str, names: Collection[str]) -> list[Path]:
+        """The files that hold `names`, in file order (known once the component was read whole)."""
+        holds = self._holds.get(component)
+        if holds is None:
+            return self._files_of(component)
+        wanted = {holds[name] for name in names if name in holds}
+        return [f for f in dict.fromkeys(holds.values()) if f in wanted]
 
 
 class StoreSource:
@@ -112,7 +137,7 @@ class StoreSource:
         return _parse_json(text, f"{self.label}:{relpath}")
 
     @timed("read")
-    def weights(self, component: str) -> ComponentWeights:
+    def weights(self, component: str, names: Collection[str] | None = None) -> ComponentWeights:
         from ollama_img.store import PLAIN_TENSOR_NAME, TENSOR_MEDIA_TYPE
 
         mx = require_mlx()
@@ -121,6 +146,9 @@ class StoreSource:
         for name, layer in self._layers.items():
             if not name.startswith(prefix) or layer.media_type != TENSOR_MEDIA_TYPE:
                 continue
+            tensor_name = name[len(prefix) :]
+            if names is not None and tensor_name not in names:
+                continue
             path = self.store.blob_path(layer.digest)
             try:
                 arrays, metadata = mx.load(str(path), format="safetensors", return_metadata=True)
@@ -128,7 +156,6 @@ class StoreSource:
                 raise UserError(
                     f"{self.label}: blob for {name} is unreadable ({exc}); re-create the model"
                 ) from None
-            tensor_name = name[len(prefix) :]
             if set(arrays) == {PLAIN_TENSOR_NAME}:
                 out.tensors[tensor_name] = arrays[PLAIN_TENSOR_NAME]
             else:  # a quantized weight: packed weight plus its companions, named after the weight

@@ -31,6 +31,7 @@ from mlx.utils import tree_unflatten
 
 from ollama_img.backend import platform_backend
 from ollama_img.errors import UserError
+from ollama_img.models.reading import load_threads, read_in_threads, tensor_groups
 from ollama_img.phases import phase
 from ollama_img.quantization import (
     DEQUANTIZE_AT_LOAD,
@@ -106,65 +107,116 @@ class ComponentLoader:
     def load(self, component: str, module: M, *, fuse: Callable[[M], None] | None = None) -> M:
         """Load `component`'s weights into `module` (evaluated, ready to run); `fuse(module)` runs after
         loading and before quantized layers take their final form."""
-        weights = self.source.weights(component)
+        weights = self.source.weights(component)  # lazy: only the headers are read so far
         stored_dtype = checkpoint_dtype(weights)
         if self.dtype is None:
             self.dtype = compute_dtype(stored_dtype)
         label = f"{self.source.label} {component}"
-        tensors, quantized = _module_names(module, weights)
-        del weights
-        at_load = {base: p for base, p in quantized.items() if self.strategy(p.mode) == DEQUANTIZE_AT_LOAD}
-        if at_load:
-            tensors = dequantize_weights(tensors, at_load)
-        use_quantized_linears(module, {b: p for b, p in quantized.items() if b not in at_load}, label)
-        _load_strictly(module, tensors, self.dtype, label)
-        del tensors
-        if fuse is not None:
-            fuse(module)
-        per_call = {mode for mode in MODES if self.strategy(mode) == DEQUANTIZE_PER_CALL}
-        use_dequantizing_linears(module, per_call, _linear_dtype(stored_dtype, self.dtype))
-        with phase("eval"):
+        convert = _Conversion(module, weights, self.dtype)
+        at_load = {b: p for b, p in convert.quantized.items() if self.strategy(p.mode) == DEQUANTIZE_AT_LOAD}
+        use_quantized_linears(module, {b: p for b, p in convert.quantized.items() if b not in at_load}, label)
+        convert.settle(module, at_load)
+        threads = load_threads(self._backend)
+        if threads == 1:  # one lazy graph, fused before it is evaluated
+            _load_strictly(module, convert(weights), label)
+            del weights
+        else:
+            _load_strictly(module, convert(_placeholders(weights)), label)  # shapes checked before reading
+            groups = tensor_groups(convert.units(weights))
+            del weights
+
+            def read(names: list[str]) -> dict[str, mx.array]:
+                return convert(self.source.weights(component, names))
+
+            with phase("read"):
+                _load_strictly(module, read_in_threads(groups, read, threads), label)
+        with phase("eval"):  # what is not evaluated yet is read and moved to the device here
+            if fuse is not None:
+                fuse(module)
+            per_call = {mode for mode in MODES if self.strategy(mode) == DEQUANTIZE_PER_CALL}
+            use_dequantizing_linears(module, per_call, _linear_dtype(stored_dtype, self.dtype))
             mx.eval(module.parameters())
         return module
 
 
-def _module_names(module: nn.Module, weights: ComponentWeights):
-    """The component's tensors and quantized weights under the module's names, conv kernels in MLX's layout."""
-    rename = getattr(module, "parameter_name", None) or (lambda name: name)
-    convs = {f"{path}.weight" for path, m in module.named_modules() if isinstance(m, nn.Conv2d)}
-    tensors = {}
-    for name, value in weights.tensors.items():
-        mapped = rename(name)
-        if mapped is None:
-            continue
-        if mapped in convs and value.ndim == 4:
-            value = value.transpose(0, 2, 3, 1)
-        tensors[mapped] = value
-    quantized = {}
-    for base, params in weights.quantized.items():
-        mapped = rename(f"{base}.scales")  # every quantized weight has its scales tensor
-        if mapped is not None:
-            quantized[mapped.removesuffix(".scales")] = params
-    return tensors, quantized
+class _Conversion:
+    """How the component's checkpoint tensors become the module's parameters, as a function of any subset
+    of them (each thread that reads converts its own): names mapped by the module's `parameter_name`,
+    convolution kernels transposed into MLX's layout, weights quantized for `DEQUANTIZE_AT_LOAD`
+    dequantized, and all but Linear weights (plain or quantized) cast to the compute dtype."""
 
+    def __init__(self, module: nn.Module, weights: ComponentWeights, dtype: mx.Dtype):
+        self.rename = getattr(module, "parameter_name", None) or (lambda name: name)
+        self.convs = {f"{path}.weight" for path, m in module.named_modules() if isinstance(m, nn.Conv2d)}
+        self.dtype = dtype
+        self.quantized: dict[str, QuantParams] = {}  # by the module's base name
+        self.stored_quantized: set[str] = set()  # the checkpoint's base names of those
+        for base, params in weights.quantized.items():
+            mapped = self.rename(f"{base}.scales")  # every quantized weight has its scales tensor
+            if mapped is not None:
+                self.quantized[mapped.removesuffix(".scales")] = params
+                self.stored_quantized.add(base)
+        self.at_load: dict[str, QuantParams] = {}
+        self.keep_dtype: set[str] = set()
 
-def _load_strictly(module: nn.Module, weights: dict[str, mx.array], dtype: mx.Dtype, label: str) -> None:
-    """Every parameter from `weights`; all but Linear weights (plain or quantized) cast to `dtype`."""
-    keep_dtype = {f"{path}.weight" for path, m in module.named_modules() if isinstance(m, nn.Linear)}
-    for path, m in module.named_modules():
-        if isinstance(m, nn.QuantizedLinear):
-            keep_dtype.update(f"{path}.{key}" for key in ("weight", "scales", "biases"))
-    cast = {}
-    for name, value in weights.items():
+    def settle(self, module: nn.Module, at_load: dict[str, QuantParams]) -> None:
+        """Once quantized layers are swapped in: which weights dequantize here and which keep their dtype."""
+        self.at_load = at_load
+        self.keep_dtype = {f"{path}.weight" for path, m in module.named_modules() if isinstance(m, nn.Linear)}
+        for path, m in module.named_modules():
+            if isinstance(m, nn.QuantizedLinear):
+                self.keep_dtype.update(f"{path}.{key}" for key in ("weight", "scales", "biases"))
+
+    def __call__(self, weights: ComponentWeights) -> dict[str, mx.array]:
+        tensors = {}
+        for name, value in weights.tensors.items():
+            mapped = self.rename(name)
+            if mapped is None:
+                continue
+            if mapped in self.convs and value.ndim == 4:
+                value = value.transpose(0, 2, 3, 1)
+            tensors[mapped] = value
+        present = {base: p for base, p in self.at_load.items() if f"{base}.weight" in tensors}
+        if present:
+            tensors = dequantize_weights(tensors, present)
+        return {name: self._cast(name, value) for name, value in tensors.items()}
+
+    def _cast(self, name: str, value: mx.array) -> mx.array:
         floating = mx.issubdtype(value.dtype, mx.floating)
-        keep = not floating or (name in keep_dtype and mx.finfo(value.dtype).bits <= mx.finfo(dtype).bits)
-        cast[name] = value if keep or value.dtype == dtype else value.astype(dtype)
+        keep = not floating or (
+            name in self.keep_dtype and mx.finfo(value.dtype).bits <= mx.finfo(self.dtype).bits
+        )
+        return value if keep or value.dtype == self.dtype else value.astype(self.dtype)
+
+    def units(self, weights: ComponentWeights) -> list[tuple[list[str], int]]:
+        """The checkpoint tensors the module uses, in stored order, as (names read together, bytes):
+        a quantized weight with its companions."""
+        units: dict[str, tuple[list[str], int]] = {}
+        for name, value in weights.tensors.items():
+            if self.rename(name) is None:
+                continue
+            base, _, key = name.rpartition(".")
+            unit = base if base in self.stored_quantized and key in ("weight", "scales", "biases") else name
+            names, nbytes = units.get(unit, ([], 0))
+            units[unit] = ([*names, name], nbytes + value.nbytes)
+        return list(units.values())
+
+
+def _placeholders(weights: ComponentWeights) -> ComponentWeights:
+    """Unevaluated arrays of the tensors' shapes and dtypes (never read, never allocated): what checking
+    the module's shapes needs, without holding the files open."""
+    return ComponentWeights(
+        {name: mx.zeros(value.shape, value.dtype) for name, value in weights.tensors.items()},
+        weights.quantized,
+    )
+
+
+def _load_strictly(module: nn.Module, weights: dict[str, mx.array], label: str) -> None:
+    """Every parameter from `weights` (converted already), every tensor to a parameter."""
     try:
-        module.load_weights(list(cast.items()), strict=True)
+        module.load_weights(list(weights.items()), strict=True)
     except ValueError as exc:
         raise UserError(f"{label}: weights do not match the model's configuration ({exc})") from None
-    with phase("eval"):  # the weights' bytes are read (mmap) and moved to the device here
-        mx.eval(module.parameters())
 
 
 def _linear_dtype(checkpoint: mx.Dtype, compute: mx.Dtype) -> mx.Dtype:
