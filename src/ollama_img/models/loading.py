@@ -22,16 +22,17 @@ A family builds each module from its config and hands it, with its component's f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_unflatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from ollama_img.backend import platform_backend
 from ollama_img.errors import UserError
-from ollama_img.models.reading import load_threads, read_in_threads, tensor_groups
+from ollama_img.models.reading import GROUP_BYTES, load_threads, read_in_threads, tensor_groups
 from ollama_img.phases import phase
 from ollama_img.quantization import (
     DEQUANTIZE_AT_LOAD,
@@ -55,6 +56,7 @@ __all__ = [
     "fuse_linears",
 ]
 
+LOAD_CACHE_BYTES = 4 * GROUP_BYTES  # MLX's buffer cache while a component is evaluated (`_cache_room`)
 MX_DTYPES = {"BF16": mx.bfloat16, "F16": mx.float16, "F32": mx.float32}
 M = TypeVar("M", bound=nn.Module)
 
@@ -117,25 +119,26 @@ class ComponentLoader:
         use_quantized_linears(module, {b: p for b, p in convert.quantized.items() if b not in at_load}, label)
         convert.settle(module, at_load)
         threads = load_threads(self._backend)
-        if threads == 1:  # one lazy graph, fused before it is evaluated
-            _load_strictly(module, convert(weights), label)
-            del weights
-        else:
-            _load_strictly(module, convert(_placeholders(weights)), label)  # shapes checked before reading
-            groups = tensor_groups(convert.units(weights))
-            del weights
+        with _cache_room():
+            if threads == 1:  # one lazy graph, fused before it is evaluated
+                _load_strictly(module, convert(weights), label)
+                del weights
+            else:  # shapes checked before anything is read, then threads read and convert groups of tensors
+                _load_strictly(module, convert(_placeholders(weights)), label)
+                groups = tensor_groups(convert.units(weights))
+                del weights
 
-            def read(names: list[str]) -> dict[str, mx.array]:
-                return convert(self.source.weights(component, names))
+                def read(names: list[str]) -> dict[str, mx.array]:
+                    return convert(self.source.weights(component, names))
 
-            with phase("read"):
-                _load_strictly(module, read_in_threads(groups, read, threads), label)
-        with phase("eval"):  # what is not evaluated yet is read and moved to the device here
-            if fuse is not None:
-                fuse(module)
-            per_call = {mode for mode in MODES if self.strategy(mode) == DEQUANTIZE_PER_CALL}
-            use_dequantizing_linears(module, per_call, _linear_dtype(stored_dtype, self.dtype))
-            mx.eval(module.parameters())
+                with phase("read"):
+                    _load_strictly(module, read_in_threads(groups, read, threads), label)
+            with phase("eval"):  # what is not evaluated yet is read and moved to the device here
+                if fuse is not None:
+                    fuse(module)
+                per_call = {mode for mode in MODES if self.strategy(mode) == DEQUANTIZE_PER_CALL}
+                use_dequantizing_linears(module, per_call, _linear_dtype(stored_dtype, self.dtype))
+                _evaluate_in_pieces(module)
         return module
 
 
@@ -200,6 +203,37 @@ class _Conversion:
             names, nbytes = units.get(unit, ([], 0))
             units[unit] = ([*names, name], nbytes + value.nbytes)
         return list(units.values())
+
+
+@contextlib.contextmanager
+def _cache_room() -> Iterator[None]:
+    """MLX's buffer cache at least `LOAD_CACHE_BYTES` while a component loads (never lowered: a GPU's
+    default is its memory limit), then as it was, which also gives back what the load left in it."""
+    previous = mx.set_cache_limit(LOAD_CACHE_BYTES)
+    if previous > LOAD_CACHE_BYTES:
+        mx.set_cache_limit(previous)
+    try:
+        yield
+    finally:
+        mx.set_cache_limit(previous)
+
+
+def _evaluate_in_pieces(module: nn.Module) -> None:
+    """Evaluate the parameters a piece of about `GROUP_BYTES` at a time (inside `_cache_room`).
+
+    What a piece reads and then drops (the parts of a fused layer, a weight before its cast) goes back to
+    the cache and is taken again by the next piece's reads, which have the same sizes block after block:
+    fresh memory, what reading costs most, is touched about once per byte loaded, and only one piece is
+    ever held twice. One graph of the whole component would allocate all its reads first.
+    """
+    piece, size = [], 0
+    for _, value in tree_flatten(module.parameters()):
+        piece.append(value)
+        size += value.nbytes
+        if size >= GROUP_BYTES:
+            mx.eval(piece)
+            piece, size = [], 0
+    mx.eval(piece)
 
 
 def _placeholders(weights: ComponentWeights) -> ComponentWeights:
