@@ -60,6 +60,37 @@ def mlx_pipe(request, reference_folder, tmp_path_factory):
     return pipe
 
 
+@pytest.fixture(scope="session")
+def flux2_reference_folder(tmp_path_factory):
+    """A tiny float32 FLUX.2 [klein] folder written by diffusers' own save_pretrained."""
+    pytest.importorskip("diffusers")
+    from tests.fixtures.flux2_reference import build_flux2_reference_folder
+
+    return build_flux2_reference_folder(tmp_path_factory.mktemp("flux2-ref") / "FLUX.2-klein-ref")
+
+
+@pytest.fixture(scope="session")
+def flux2_reference_pipe(flux2_reference_folder):
+    from tests.fixtures.flux2_reference import load_flux2_reference
+
+    return load_flux2_reference(flux2_reference_folder)
+
+
+@pytest.fixture(scope="session", params=["folder", "store"])
+def flux2_pipe(request, flux2_reference_folder, tmp_path_factory):
+    """ollama-img's FLUX.2 pipeline on the reference weights, from the folder and from the store (after create)."""
+    from ollama_img import load_pipeline
+    from ollama_img.store import import_folder, inspect_folder
+
+    if request.param == "folder":
+        return load_pipeline(flux2_reference_folder)
+    store = Store(tmp_path_factory.mktemp("flux2-store"))
+    import_folder(store, "klein-ref", inspect_folder(flux2_reference_folder))
+    pipe = load_pipeline("klein-ref", store=store)
+    assert pipe.digest == store.manifest("klein-ref").digest
+    return pipe
+
+
 @pytest.fixture
 def folder_copy(tiny_folder, tmp_path) -> Path:
     """A private copy of the tiny folder that a test may damage."""

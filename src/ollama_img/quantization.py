@@ -105,7 +105,24 @@ ZIMAGE_RULE = QuantRule(
     ),
 )
 
-RULES = {"ZImagePipeline": ZIMAGE_RULE}
+FLUX2_KLEIN_RULE = QuantRule(
+    patterns={
+        "transformer": (
+            r"transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+            r"|ff\.linear_(in|out)|ff_context\.linear_(in|out))\.weight"
+            r"|single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out)\.weight"
+        ),
+        "text_encoder": ZIMAGE_RULE.patterns["text_encoder"],
+    },
+    text=(
+        "Linear weights of the transformer's double-stream blocks (image and text attention q, k, v, out; "
+        "both feed-forwards) and single-stream blocks (joint input and output projections), and of the "
+        "text encoder's decoder layers (q, k, v, o, gate, up, down), where the input size is a multiple of "
+        "the group size; embedders, modulation, the final layer, norms and the VAE keep their dtype"
+    ),
+)
+
+RULES = {"ZImagePipeline": ZIMAGE_RULE, "Flux2KleinPipeline": FLUX2_KLEIN_RULE}
 
 
 def rule_for(architecture: str) -> QuantRule:

@@ -50,7 +50,35 @@ ZIMAGE = Architecture(
     ),
 )
 
-ARCHITECTURES = {a.class_name: a for a in (ZIMAGE,)}
+FLUX2_KLEIN = Architecture(
+    class_name="Flux2KleinPipeline",
+    family="flux2-klein",
+    module="ollama_img.models.flux2",
+    components=(
+        Component("scheduler", required_files=("scheduler_config.json",)),
+        Component(
+            "text_encoder",
+            weights="model",
+            required_files=("config.json",),
+            optional_files=("generation_config.json",),
+        ),
+        Component(
+            "tokenizer",
+            required_files=("tokenizer.json", "tokenizer_config.json"),
+            optional_files=(
+                "chat_template.jinja",
+                "special_tokens_map.json",
+                "added_tokens.json",
+                "vocab.json",
+                "merges.txt",
+            ),
+        ),
+        Component("transformer", weights="diffusion_pytorch_model", required_files=("config.json",)),
+        Component("vae", weights="diffusion_pytorch_model", required_files=("config.json",)),
+    ),
+)
+
+ARCHITECTURES = {a.class_name: a for a in (ZIMAGE, FLUX2_KLEIN)}
 
 
 def architecture_for(class_name) -> Architecture:

@@ -97,6 +97,31 @@ def _config(build, cfg: dict, label: str):
         raise UserError(f"{label}: unsupported or invalid configuration ({exc})") from None
 
 
+def _tokenizer(source: WeightSource) -> PromptTokenizer:
+    """The chat-template tokenizer of the source's `tokenizer/` folder."""
+    tok_cfg = source.read_json("tokenizer/tokenizer_config.json")
+    tokenizer_json = source.read_text("tokenizer/tokenizer.json")
+    if tokenizer_json is None:
+        raise UserError(f"{source.label}: tokenizer/tokenizer.json is missing")
+    try:
+        return PromptTokenizer(tokenizer_json, tok_cfg, source.read_text("tokenizer/chat_template.jinja"))
+    except Exception as exc:
+        raise UserError(f"{source.label}: cannot load the tokenizer ({exc})") from None
+
+
+def _strategies(quantized: str | None):
+    """How each quantization mode runs here (`strategy(mode)`), and the modes dequantized per call;
+    `quantized` (one of `STRATEGIES`) forces one way for all of them."""
+    if quantized is not None and quantized not in STRATEGIES:
+        raise ValueError(f"quantized must be one of {STRATEGIES}, got {quantized!r}")
+    backend = platform_backend()
+
+    def strategy(mode: str) -> str:
+        return quantized or loading_strategy(backend, mode)
+
+    return strategy, {mode for mode in MODES if strategy(mode) == DEQUANTIZE_PER_CALL}
+
+
 def load(
     source: WeightSource, dtype: mx.Dtype | None = None, *, quantized: str | None = None
 ) -> ZImagePipeline:
@@ -105,25 +130,8 @@ def load(
     Quantized weights run the way `loading_strategy` picks for this back end and their mode;
     `quantized` (one of `STRATEGIES`) forces one way for all of them (benchmarks, tests).
     """
-    tok_cfg = source.read_json("tokenizer/tokenizer_config.json")
-    tokenizer_json = source.read_text("tokenizer/tokenizer.json")
-    if tokenizer_json is None:
-        raise UserError(f"{source.label}: tokenizer/tokenizer.json is missing")
-    try:
-        tokenizer = PromptTokenizer(
-            tokenizer_json, tok_cfg, source.read_text("tokenizer/chat_template.jinja")
-        )
-    except Exception as exc:
-        raise UserError(f"{source.label}: cannot load the tokenizer ({exc})") from None
-
-    if quantized is not None and quantized not in STRATEGIES:
-        raise ValueError(f"quantized must be one of {STRATEGIES}, got {quantized!r}")
-    backend = platform_backend()
-
-    def strategy(mode: str) -> str:
-        return quantized or loading_strategy(backend, mode)
-
-    per_call = {mode for mode in MODES if strategy(mode) == DEQUANTIZE_PER_CALL}
+    tokenizer = _tokenizer(source)
+    strategy, per_call = _strategies(quantized)
 
     te = source.weights("text_encoder")
     checkpoint_dtype = _checkpoint_dtype(te)

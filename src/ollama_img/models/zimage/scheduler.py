@@ -31,16 +31,7 @@ def _calculate_shift(seq_len: int, base_len: int, max_len: int, base_shift: floa
 
 def sigmas(config: dict, steps: int, image_seq_len: int) -> np.ndarray:
     """The noise levels, float32, steps + 1 of them ending at 0."""
-    for key in (
-        "shift_terminal",
-        "use_karras_sigmas",
-        "use_exponential_sigmas",
-        "use_beta_sigmas",
-        "invert_sigmas",
-    ):
-        if config.get(key):
-            raise ValueError(f"scheduler option {key} is not supported")
-    s = _linspace_f32(1.0, 1.0 / steps, steps)
+    mu = None
     if config.get("use_dynamic_shifting"):
         mu = _calculate_shift(
             image_seq_len,
@@ -49,6 +40,26 @@ def sigmas(config: dict, steps: int, image_seq_len: int) -> np.ndarray:
             config.get("base_shift", 0.5),
             config.get("max_shift", 1.15),
         )
+    return shifted_sigmas(config, _linspace_f32(1.0, 1.0 / steps, steps), mu)
+
+
+def shifted_sigmas(config: dict, base: np.ndarray, mu: float | None) -> np.ndarray:
+    """`set_timesteps(sigmas=base, mu=mu)`: the scheduler's shift applied to float32 `base`, then a final 0.
+
+    `mu` is used (and required) when the config shifts dynamically; a pipeline computes it its own way.
+    """
+    for key in (
+        "shift_terminal",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "invert_sigmas",
+        "stochastic_sampling",
+    ):
+        if config.get(key):
+            raise ValueError(f"scheduler option {key} is not supported")
+    s = np.asarray(base, dtype=np.float32)
+    if config.get("use_dynamic_shifting"):
         if config.get("time_shift_type", "exponential") == "linear":
             s = mu / (mu + (1 / s - 1) ** 1.0)
         else:

@@ -62,13 +62,16 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.rms_norm_eps)
         self.rope = nn.RoPE(cfg.head_dim, traditional=False, base=cfg.rope_theta)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | str = "causal", keys: int | None = None) -> mx.array:
+        """`keys`: attend to the first `keys` positions only (the rest are padding), with `mask` (L, keys)."""
         b, length, _ = x.shape
         q = self.q_norm(self.q_proj(x).reshape(b, length, self.n_heads, -1)).transpose(0, 2, 1, 3)
         k = self.k_norm(self.k_proj(x).reshape(b, length, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(b, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         q, k = self.rope(q), self.rope(k)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal")
+        if keys is not None:
+            k, v = k[:, :, :keys], v[:, :, :keys]
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, length, -1))
 
 
@@ -91,19 +94,26 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x))
+    def __call__(self, x: mx.array, mask: mx.array | str = "causal", keys: int | None = None) -> mx.array:
+        x = x + self.self_attn(self.input_layernorm(x), mask, keys)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Qwen3TextEncoder(nn.Module):
-    """Token ids -> hidden states after all but the last decoder layer (diffusers' hidden_states[-2])."""
+    """Token ids -> hidden states after all but the last decoder layer (diffusers' hidden_states[-2]).
 
-    def __init__(self, cfg: Qwen3Config):
+    `n_layers` builds only the first decoder layers (and `final_norm` the last norm) for callers that
+    read other hidden states (`hidden_states`); weights of what is not built are not loaded.
+    """
+
+    def __init__(self, cfg: Qwen3Config, n_layers: int | None = None, final_norm: bool = False):
         super().__init__()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers - 1)]
+        count = cfg.num_hidden_layers - 1 if n_layers is None else n_layers
+        self.layers = [DecoderLayer(cfg) for _ in range(count)]
+        if final_norm:
+            self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     def __call__(self, input_ids: mx.array) -> mx.array:
         x = self.embed_tokens(input_ids)
@@ -111,13 +121,34 @@ class Qwen3TextEncoder(nn.Module):
             x = layer(x)
         return x
 
+    def hidden_states(
+        self, input_ids: mx.array, indices, mask: mx.array | str = "causal", keys: int | None = None
+    ) -> list[mx.array]:
+        """transformers' `hidden_states[k]` for each k in `indices`: 0 is the embedding, k the output of
+        layer k, and k = num_hidden_layers the final norm's output (it needs `final_norm`). `mask` and
+        `keys` are the attention's (see `Attention`)."""
+        wanted = set(indices)
+        outputs = {}
+        x = self.embed_tokens(input_ids)
+        if 0 in wanted:
+            outputs[0] = x
+        for k, layer in enumerate(self.layers, 1):
+            if k > max(wanted):
+                break
+            x = layer(x, mask, keys)
+            if k in wanted:
+                outputs[k] = self.norm(x) if k == self.config.num_hidden_layers else x
+        return [outputs[k] for k in indices]
+
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
-        """Checkpoint names -> module names: drop the `model.` prefix and what hidden_states[-2] never uses."""
-        last = f"layers.{self.config.num_hidden_layers - 1}."
+        """Checkpoint names -> module names: drop the `model.` prefix and the weights of what is not built."""
+        built = len(self.layers)
         out = {}
         for name, value in weights.items():
             name = name.removeprefix("model.")
-            if name.startswith(("lm_head.", "norm.", last)):
+            if name.startswith("lm_head.") or (name.startswith("norm.") and "norm" not in self):
+                continue
+            if name.startswith("layers.") and int(name.split(".", 2)[1]) >= built:
                 continue
             out[name] = value
         return out

@@ -58,18 +58,19 @@ class PromptTokenizer:
             if tokenizer_config.get(key) is not None
         }
 
-    def render(self, prompt: str) -> str:
-        """The user prompt wrapped as ZImagePipeline wraps it (generation prompt on, thinking on)."""
+    def render(self, prompt: str, enable_thinking: bool = True) -> str:
+        """The user prompt wrapped as ZImagePipeline wraps it (generation prompt on, thinking on unless
+        turned off, as Flux2KleinPipeline does)."""
         return self.template.render(
             messages=[{"role": "user", "content": prompt}],
             add_generation_prompt=True,
-            enable_thinking=True,
+            enable_thinking=enable_thinking,
             **self.special_tokens,
         )
 
-    def encode(self, prompt: str) -> list[int]:
+    def encode(self, prompt: str, enable_thinking: bool = True) -> list[int]:
         """Token ids of the templated prompt, at most MAX_TOKENS (a warning says when it was cut)."""
-        ids = self.tokenizer.encode(self.render(prompt)).ids
+        ids = self.tokenizer.encode(self.render(prompt, enable_thinking)).ids
         if len(ids) > MAX_TOKENS:
             warnings.warn(
                 f"prompt is {len(ids)} tokens with its template; only the first {MAX_TOKENS} are used",
