@@ -121,10 +121,7 @@ class Flux2KleinPipeline:
 
     def encode_references(self, images: list[Image.Image]) -> list[tuple[mx.array, int, int]]:
         """Each reference image as (normalised packed tokens (1, n, 128), token rows, token cols)."""
-        if len(images) > reference.MAX_REFERENCES:
-            raise ValueError(f"at most {reference.MAX_REFERENCES} reference images, got {len(images)}")
-        for i, image in enumerate(images, 1):
-            reference.check(image, i)
+        reference.check_all(images)
         out = []
         for image in images:
             pixels = reference.prepare(image)
@@ -161,9 +158,12 @@ class Flux2KleinPipeline:
             if w * h > reference.MAX_AREA:
                 scale = (reference.MAX_AREA / (w * h)) ** 0.5
                 w, h = int(w * scale), int(h * scale)
-            width = width or w // self.size_unit * self.size_unit
-            height = height or h // self.size_unit * self.size_unit
-        return width or self.defaults.width, height or self.defaults.height
+            width = w // self.size_unit * self.size_unit if width is None else width
+            height = h // self.size_unit * self.size_unit if height is None else height
+        return (
+            self.defaults.width if width is None else width,
+            self.defaults.height if height is None else height,
+        )
 
     def denoise(
         self,
@@ -185,6 +185,7 @@ class Flux2KleinPipeline:
         generation.
         """
         references = list(reference_images or [])
+        reference.check_all(references)
         width, height = self.resolve_size(width, height, references)
         steps = self.defaults.steps if steps is None else steps
         guidance = self.defaults.guidance if guidance is None else guidance

@@ -35,6 +35,14 @@ def check(image, index: int) -> None:
         )
 
 
+def check_all(images: list) -> None:
+    """`check` each image, and their number."""
+    if len(images) > MAX_REFERENCES:
+        raise ValueError(f"at most {MAX_REFERENCES} reference images, got {len(images)}")
+    for i, image in enumerate(images, 1):
+        check(image, i)
+
+
 def prepare(image: Image.Image) -> np.ndarray:
     """(1, H, W, 3) float32 in [-1, 1], H and W multiples of 16."""
     width, height = image.size

@@ -133,8 +133,9 @@ def split_linear(linear: nn.Module, sizes: tuple[int, ...]) -> list[nn.Module]:
     parts = []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         if isinstance(linear, nn.QuantizedLinear):
+            in_dims = linear.weight.shape[1] * 32 // linear.bits
             part = nn.QuantizedLinear(
-                1, 1, bias=False, group_size=linear.group_size, bits=linear.bits, mode=linear.mode
+                in_dims, 1, bias=False, group_size=linear.group_size, bits=linear.bits, mode=linear.mode
             )
             part.weight, part.scales = linear.weight[lo:hi], linear.scales[lo:hi]
             if linear.get("biases") is not None:
