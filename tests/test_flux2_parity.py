@@ -9,6 +9,8 @@ images, and for a base (guided) model.
 
 from __future__ import annotations
 
+import warnings
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -60,8 +62,11 @@ def diffusers_condition_image(pipe, image: Image.Image) -> np.ndarray:
 
 
 def test_token_ids_and_padding_match_the_pipeline(flux2_pipe, flux2_reference_pipe):
+    from ollama_img.models.zimage.tokenizer import PromptTruncatedWarning
+
     tok = flux2_reference_pipe.tokenizer
-    for prompt in (PROMPT, "", "日 月 火 — émoji 🐱 and  double  spaces\nnew line"):
+    long = " ".join(["cinematic portrait of a red horse"] * 200)  # cut at 512 tokens, no padding left
+    for prompt in (PROMPT, "", "日 月 火 — émoji 🐱 and  double  spaces\nnew line", long):
         text = tok.apply_chat_template(
             [{"role": "user", "content": prompt}],
             tokenize=False,
@@ -70,17 +75,23 @@ def test_token_ids_and_padding_match_the_pipeline(flux2_pipe, flux2_reference_pi
         )
         assert flux2_pipe.tokenizer.render(prompt, enable_thinking=False) == text
         ref = tok(text, padding="max_length", truncation=True, max_length=512)
-        ids, real = flux2_pipe.prompt_encoder.token_ids(prompt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PromptTruncatedWarning)
+            ids, real = flux2_pipe.prompt_encoder.token_ids(prompt)
         assert ids == ref.input_ids
         assert real == sum(ref.attention_mask) and ref.attention_mask[:real] == [1] * real
 
 
-def test_text_embedding_matches_the_stacked_hidden_states(flux2_pipe, flux2_reference_pipe):
+@pytest.mark.parametrize("prompt", [PROMPT, "a dog " * 300])  # padded, and cut to 512 tokens
+def test_text_embedding_matches_the_stacked_hidden_states(flux2_pipe, flux2_reference_pipe, prompt):
+    from ollama_img.models.zimage.tokenizer import PromptTruncatedWarning
     from tests.fixtures.flux2_reference import one_torch_thread
 
     with torch.no_grad(), one_torch_thread():
-        ref, _ = flux2_reference_pipe.encode_prompt(PROMPT)
-    ours = np.array(flux2_pipe.encode_prompt(PROMPT))
+        ref, _ = flux2_reference_pipe.encode_prompt(prompt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptTruncatedWarning)
+        ours = np.array(flux2_pipe.encode_prompt(prompt))
     assert ours.shape == tuple(ref.shape) == (1, 512, 3 * 16)
     assert rel_err(ours, ref.numpy()) < 1e-4
 
