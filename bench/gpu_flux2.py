@@ -128,6 +128,16 @@ def cmd_mlx(args):
     figure(res, "vae_s", median_time(decode, 3, sync))
 
     picture = reference_picture(side)
+    for compiled in (True, False):
+        pipe.vae.compile_encoder = compiled
+
+        def encode():
+            mx.eval(pipe.encode_references([picture])[0][0])
+
+        encode()
+        figure(res, "ref_encode_s" + ("" if compiled else "_eager"), median_time(encode, 3, sync))
+    pipe.vae.compile_encoder = True
+
     for label, kwargs in (("", {}), ("_ref", {"reference_images": [picture]})):
 
         def generate(kwargs=kwargs):
@@ -216,6 +226,15 @@ def cmd_diffusers(args):
     figure(res, "vae_s", median_time(decode, 3, sync))
 
     picture = reference_picture(side)
+
+    @torch.no_grad()
+    def encode():
+        image = pipe.image_processor.preprocess(picture, height=side, width=side, resize_mode="crop")
+        pipe.prepare_image_latents([image], 1, None, dev, dtype)
+
+    encode()
+    figure(res, "ref_encode_s", median_time(encode, 3, sync))
+
     for label, kwargs in (("", {}), ("_ref", {"image": [picture]})):
 
         def generate(kwargs=kwargs):
@@ -258,6 +277,8 @@ ROWS = [
     ("transformer step, 1 reference image (ms)", "step_s_ref", "{:.1f}", 1000),
     ("transformer step, 1 reference image, compiled (ms)", "step_s_ref_compiled", "{:.1f}", 1000),
     ("VAE decode (ms)", "vae_s", "{:.1f}", 1000),
+    ("reference image: preparation + VAE encode (ms)", "ref_encode_s", "{:.1f}", 1000),
+    ("reference image: the same, encoder eager (ms)", "ref_encode_s_eager", "{:.1f}", 1000),
     (f"end to end, {STEPS} steps (s)", "e2e_s", "{:.3f}", 1),
     (f"end to end, {STEPS} steps, 1 reference image (s)", "e2e_s_ref", "{:.3f}", 1),
     ("peak GPU memory (GB)", "peak_gb", "{:.1f}", 1),
@@ -293,7 +314,7 @@ def report_text(runs: list[dict], side: int) -> str:
         for r in theirs:
             parts = [
                 f"{key} {r[key] / ours[key]:.2f}x"
-                for key in ("step_s", "step_s_ref", "vae_s", "e2e_s", "e2e_s_ref")
+                for key in ("step_s", "step_s_ref", "vae_s", "ref_encode_s", "e2e_s", "e2e_s_ref")
                 if key in r and key in ours
             ]
             lines.append(f"- vs {r['framework']}: " + ", ".join(parts))

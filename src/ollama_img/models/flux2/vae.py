@@ -99,14 +99,20 @@ class AutoencoderKLFlux2(nn.Module):
             self.post_quant_conv = nn.Conv2d(c, c, 1)
         self.bn = BatchNormStats(cfg.token_features, cfg.batch_norm_eps)
         self._decode = None
+        self._encode = None
+        self.compile_encoder = True
 
     def encode_tokens(self, images: mx.array) -> mx.array:
         """Images (B, H, W, 3) in [-1, 1] -> normalised packed tokens (B, H/16 * W/16, 128), from the mode
-        of the posterior (what Flux2KleinPipeline takes of a reference image)."""
-        moments = self.encoder(images)
-        if "quant_conv" in self:
-            moments = self.quant_conv(moments)
-        mean = moments[..., : self.config.latent_channels].astype(mx.float32)
+        of the posterior (what Flux2KleinPipeline takes of a reference image). Compiled on a GPU, as the
+        decoder (`compile_encoder` False: eager)."""
+        if mx.default_device() == mx.gpu and self.compile_encoder:
+            if self._encode is None:
+                self._encode = mx.compile(self._posterior_mean)
+            mean = self._encode(images)
+        else:
+            mean = self._posterior_mean(images)
+        mean = mean.astype(mx.float32)
         b, h, w, c = mean.shape
         patches = mean.reshape(b, h // PATCH, PATCH, w // PATCH, PATCH, c).transpose(0, 1, 3, 5, 2, 4)
         tokens = patches.reshape(b, (h // PATCH) * (w // PATCH), c * PATCH * PATCH)
@@ -125,6 +131,12 @@ class AutoencoderKLFlux2(nn.Module):
             dtype = self.decoder.conv_in.weight.dtype
             return self._decode(self.unpatchify(tokens, rows, cols).astype(dtype))
         return self._decode_latents(self.unpatchify(tokens, rows, cols))
+
+    def _posterior_mean(self, images: mx.array) -> mx.array:
+        moments = self.encoder(images)
+        if "quant_conv" in self:
+            moments = self.quant_conv(moments)
+        return moments[..., : self.config.latent_channels]
 
     def unpatchify(self, tokens: mx.array, rows: int, cols: int) -> mx.array:
         """(B, rows * cols, 4c) -> channels-last latents (B, 2 rows, 2 cols, c)."""
