@@ -23,7 +23,7 @@ def main():
     import mlx.core as mx
 
     from ollama_img import load_pipeline
-    from ollama_img.models.zimage import vae as vae_module
+    from ollama_img.models import autoencoder_kl as vae_module
 
     pipe = load_pipeline(args.folder)
     res = {"weights_gb": pipe.resident_bytes / 1e9}

@@ -122,7 +122,7 @@ def _gn_two_stage(x, groups):
 
 
 def vae_variants(res):
-    from ollama_img.models.zimage.vae import GroupNorm
+    from ollama_img.models.autoencoder_kl import GroupNorm
 
     for hw, c in ((128, 512), (256, 512), (512, 512), (1024, 256), (1024, 128)):
         x = mx.random.normal((1, hw, hw, c)).astype(BF)

@@ -50,12 +50,12 @@ from tests.fixtures.zimage_folder import (  # noqa: E402
 )
 
 from bench.results import cpu_model, replace_section  # noqa: E402
+from ollama_img.models.zimage import QUANTIZATION  # noqa: E402
 from ollama_img.quantization import (  # noqa: E402
     DEQUANTIZE_AT_LOAD,
     QUANTIZED_MATMUL,
     STRATEGIES,
     TYPES,
-    ZIMAGE_RULE,
     loading_strategy,
 )
 
@@ -222,7 +222,7 @@ def blob_bytes(name: str, dtype: str, shape: tuple[int, ...], quant) -> int:
     """Exact size of the blob the importer writes for one tensor (header included)."""
     from ollama_img.store.safetensors_format import DTYPE_SIZES, TensorEntry, encode_header
 
-    if quant is None or not ZIMAGE_RULE.selects(name, dtype, shape, quant):
+    if quant is None or not QUANTIZATION.selects(name, dtype, shape, quant):
         entries, metadata = [TensorEntry("data", dtype, shape)], None
     else:
         out_dims, in_dims = shape
@@ -254,7 +254,7 @@ def size_figures(sizes: Sizes, dtype: str = "BF16") -> dict:
     plain = {name: blob_bytes(name, dtype, shape, None) for name, shape in tensors}
     out = {"bf16_total": sum(plain.values()), "types": {}}
     for q in TYPES.values():
-        chosen = [(n, s) for n, s in tensors if ZIMAGE_RULE.selects(n, dtype, s, q)]
+        chosen = [(n, s) for n, s in tensors if QUANTIZATION.selects(n, dtype, s, q)]
         quantized = sum(blob_bytes(n, dtype, s, q) for n, s in chosen)
         before = sum(plain[n] for n, _ in chosen)
         out["types"][q.name] = {
@@ -419,7 +419,7 @@ def timing(pipe, ref: Reference, runs: int) -> dict:
 def model_figures(folder: Path, store_root: Path, types: list[str], args, save=lambda res: None) -> dict:
     """The model part of `device`; `save(res)` is called after each part, so a run cut short keeps them."""
     from ollama_img import load_pipeline
-    from ollama_img.models.zimage import load
+    from ollama_img.models.zimage.loader import load
     from ollama_img.store import Store, import_folder, inspect_folder
     from ollama_img.store.safetensors_format import DTYPE_SIZES, TensorEntry, encode_header
     from ollama_img.weights import StoreSource
@@ -459,7 +459,7 @@ def model_figures(folder: Path, store_root: Path, types: list[str], args, save=l
         quantized = [
             layer
             for layer in manifest.layers
-            if layer.is_tensor and ZIMAGE_RULE.selects(layer.name, layer.dtype, layer.shape, q)
+            if layer.is_tensor and QUANTIZATION.selects(layer.name, layer.dtype, layer.shape, q)
         ]
         plain = sum(
             len(encode_header([TensorEntry("data", layer.dtype, layer.shape)]))

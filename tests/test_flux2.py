@@ -32,6 +32,14 @@ def test_a_distilled_model_defaults_to_4_steps_at_guidance_1(pipe):
     assert set(steps) == {4}
 
 
+def test_warm_up_leaves_the_next_image_unchanged(pipe):
+    assert pipe.benefits_from_warm_up is False  # the CPU has no kernels to compile
+    recipe = dict(width=48, height=32, steps=1, seed=11, reference_images=[picture(64, 64, seed=1)])
+    before = np.asarray(pipe.generate(PROMPT, **recipe))
+    pipe.warm_up(width=32, height=32)
+    assert np.array_equal(np.asarray(pipe.generate(PROMPT, **recipe)), before)
+
+
 def test_on_step_is_called_after_every_step_and_can_stop_the_run(pipe):
     calls = []
     pipe.generate(PROMPT, width=32, height=32, steps=3, seed=5, on_step=lambda k, n: calls.append((k, n)))
@@ -134,10 +142,10 @@ def test_quantized_import_quantizes_the_rule_s_weights_and_generates(flux2_refer
     import_folder(
         store, "klein-fp8", inspect_folder(flux2_reference_folder), quantize=parse_quant_type("fp8")
     )
-    record = store.manifest("klein-fp8").config["quantization"]
+    record = store.manifest("klein-fp8").config.quantization
     # every block Linear (double blocks: 8 attention + 4 feed-forward, single blocks: 2); of the text
     # encoder's, only down_proj has an input size (32) that is a multiple of the group size
-    assert record["tensors"] == {"text_encoder": 28, "transformer": 2 * 12 + 2 * 2}
+    assert record.tensors == {"text_encoder": 28, "transformer": 2 * 12 + 2 * 2}
     quantized = load_pipeline("klein-fp8", store=store)
     plain = load_pipeline(flux2_reference_folder)
     latents = noise((1, 32, 2, 2), seed=8)

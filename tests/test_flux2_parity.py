@@ -18,16 +18,9 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
+from tests.test_parity import assert_images_close, noise, rel_err  # noqa: E402
+
 PROMPT = "a cat playing piano under a golden sky"
-
-
-def rel_err(ours, ref) -> float:
-    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    return float(np.abs(ours - ref).max() / (np.abs(ref).max() + 1e-12))
-
-
-def noise(shape, seed=0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 def picture(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:
@@ -62,7 +55,7 @@ def diffusers_condition_image(pipe, image: Image.Image) -> np.ndarray:
 
 
 def test_token_ids_and_padding_match_the_pipeline(flux2_pipe, flux2_reference_pipe):
-    from ollama_img.models.zimage.tokenizer import PromptTruncatedWarning
+    from ollama_img.models.chat_tokenizer import PromptTruncatedWarning
 
     tok = flux2_reference_pipe.tokenizer
     long = " ".join(["cinematic portrait of a red horse"] * 200)  # cut at 512 tokens, no padding left
@@ -73,7 +66,7 @@ def test_token_ids_and_padding_match_the_pipeline(flux2_pipe, flux2_reference_pi
             add_generation_prompt=True,
             enable_thinking=False,
         )
-        assert flux2_pipe.tokenizer.render(prompt, enable_thinking=False) == text
+        assert flux2_pipe.tokenizer.render(prompt) == text
         ref = tok(text, padding="max_length", truncation=True, max_length=512)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PromptTruncatedWarning)
@@ -84,7 +77,7 @@ def test_token_ids_and_padding_match_the_pipeline(flux2_pipe, flux2_reference_pi
 
 @pytest.mark.parametrize("prompt", [PROMPT, "a dog " * 300])  # padded, and cut to 512 tokens
 def test_text_embedding_matches_the_stacked_hidden_states(flux2_pipe, flux2_reference_pipe, prompt):
-    from ollama_img.models.zimage.tokenizer import PromptTruncatedWarning
+    from ollama_img.models.chat_tokenizer import PromptTruncatedWarning
     from tests.fixtures.flux2_reference import one_torch_thread
 
     with torch.no_grad(), one_torch_thread():
@@ -176,13 +169,6 @@ def test_reference_images_are_prepared_pixel_for_pixel_as_diffusers(flux2_refere
 # -- end to end ------------------------------------------------------------------------------------
 
 
-def assert_images_close(ours: np.ndarray, ref: np.ndarray):
-    diff = np.abs(ours.astype(np.int16) - ref.astype(np.int16))
-    assert diff.max() <= 2, f"max abs difference {diff.max()}/255"
-    assert diff.mean() <= 0.2, f"mean abs difference {diff.mean():.3f}/255"
-    assert ref.std() > 20, "the reference image is nearly flat: the comparison would prove little"
-
-
 CASES = {
     "text-to-image": dict(size=(64, 64), steps=4),
     "text-to-image-non-square": dict(size=(48, 80), steps=2),
@@ -240,12 +226,16 @@ def test_image_matches_diffusers(flux2_pipe, diffusers_results, case):
 
 
 def test_base_model_guidance_matches_diffusers(flux2_pipe, diffusers_results):
-    """A base (not distilled) model guides against the empty prompt when guidance > 1."""
+    """A base (not distilled) model guides against the empty prompt when guidance > 1 (here with a
+    reference image, which both branches see)."""
     latents = noise((1, 32, 4, 4), seed=21)
-    ref_lat, ref_img = diffusers_results("base-cfg", PROMPT, latents, [], 3, 4.0, distilled=False)
+    references = [picture(64, 96, seed=5)]
+    ref_lat, ref_img = diffusers_results("base-cfg", PROMPT, latents, references, 3, 4.0, distilled=False)
     flux2_pipe.distilled = False
     try:
-        kwargs = dict(width=64, height=64, steps=3, guidance=4.0, latents=latents)
+        kwargs = dict(
+            width=64, height=64, steps=3, guidance=4.0, latents=latents, reference_images=references
+        )
         tokens, rows, cols = flux2_pipe.denoise(PROMPT, **kwargs)
         ours = np.asarray(flux2_pipe.decode(tokens, rows, cols))
     finally:

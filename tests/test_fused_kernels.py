@@ -4,6 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from ollama_img.backend import use_cuda_kernels
 from ollama_img.models.zimage import attention_prep
 
 
@@ -29,7 +30,7 @@ def test_reference_path_normalises_rotates_and_transposes():
     np.testing.assert_allclose(np.array(q)[0, 1, 3, :2], expected, rtol=1e-5)
 
 
-@pytest.mark.skipif(not attention_prep.use_cuda_kernel(), reason="needs MLX on a CUDA GPU")
+@pytest.mark.skipif(not use_cuda_kernels(), reason="needs MLX on a CUDA GPU")
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
 def test_cuda_kernel_matches_the_reference(dtype):
     qkv, wq, wk, cos, sin, heads = _inputs(dtype=dtype)
@@ -55,7 +56,7 @@ def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float = 1e-5) -> np.ndarray:
 def test_add_norm_and_swiglu_fallbacks_match_numpy():
     from ollama_img.models.zimage.fused_ops import add_norm, swiglu
 
-    if attention_prep.use_cuda_kernel():
+    if use_cuda_kernels():
         pytest.skip("checks the CPU/Metal path")
     x, y = _rows(seed=1), _rows(seed=2)
     w1, w2 = 1 + 0.1 * _rows((640,), seed=3), 1 + 0.1 * _rows((640,), seed=4)
@@ -69,7 +70,7 @@ def test_add_norm_and_swiglu_fallbacks_match_numpy():
     np.testing.assert_allclose(np.array(swiglu(gu, 8)), g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(not attention_prep.use_cuda_kernel(), reason="needs MLX on a CUDA GPU")
+@pytest.mark.skipif(not use_cuda_kernels(), reason="needs MLX on a CUDA GPU")
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
 @pytest.mark.parametrize("dim", [1024, 3840])
 def test_cuda_add_norm_matches_the_plain_arithmetic(dtype, dim):
@@ -93,7 +94,7 @@ def test_cuda_add_norm_matches_the_plain_arithmetic(dtype, dim):
     np.testing.assert_array_equal(np.array(only_x.astype(mx.float32)), np.array(got_x.astype(mx.float32)))
 
 
-@pytest.mark.skipif(not attention_prep.use_cuda_kernel(), reason="needs MLX on a CUDA GPU")
+@pytest.mark.skipif(not use_cuda_kernels(), reason="needs MLX on a CUDA GPU")
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
 def test_cuda_swiglu_matches_the_plain_arithmetic(dtype):
     from ollama_img.models.zimage.fused_ops import swiglu

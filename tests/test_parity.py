@@ -41,7 +41,7 @@ def test_token_ids_match_transformers(mlx_pipe, reference_pipe):
 
 
 def test_long_prompt_is_truncated_to_512_tokens_with_a_warning(mlx_pipe, reference_pipe):
-    from ollama_img.models.zimage.tokenizer import PromptTruncatedWarning
+    from ollama_img.models.chat_tokenizer import PromptTruncatedWarning
 
     prompt = " ".join(["cinematic portrait of a red horse"] * 200)
     with pytest.warns(PromptTruncatedWarning, match="only the first 512"):
@@ -99,7 +99,7 @@ def test_sigmas_match_the_scheduler_bit_for_bit(reference_pipe, dynamic):
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift, get_default_z_image_sigmas
 
-    from ollama_img.models.zimage import scheduler
+    from ollama_img.models import flow_match
 
     config = dict(reference_pipe.scheduler.config)
     config["use_dynamic_shifting"] = dynamic
@@ -108,10 +108,10 @@ def test_sigmas_match_the_scheduler_bit_for_bit(reference_pipe, dynamic):
         seq = 4096 if dynamic else 64
         mu = calculate_shift(seq, 256, 4096, 0.5, 1.15)
         ref_sched.set_timesteps(sigmas=get_default_z_image_sigmas(steps), mu=mu)
-        ours = scheduler.sigmas(config, steps, seq)
+        ours = flow_match.sigmas(config, steps, seq)
         np.testing.assert_array_equal(ours, ref_sched.sigmas.numpy())
         ref_times = ((1000 - ref_sched.timesteps) / 1000).numpy()
-        np.testing.assert_array_equal(scheduler.model_times(ours), ref_times)
+        np.testing.assert_array_equal(flow_match.model_times(ours), ref_times)
 
 
 # -- end to end ------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import re
 import pytest
 
 from ollama_img.errors import UserError
-from ollama_img.quantization import TYPES, ZIMAGE_RULE, QuantParams, parse_quant_type, quantize_weight
+from ollama_img.models.zimage import QUANTIZATION
+from ollama_img.quantization import TYPES, QuantParams, parse_quant_type, quantize_weight
 from ollama_img.store import PLAIN_TENSOR_NAME, import_folder, inspect_folder
 from ollama_img.store.safetensors_format import DTYPE_SIZES
 from ollama_img.store.source import read_header
@@ -52,12 +53,12 @@ def test_create_quantized_from_a_folder(store, cli, tiny_folder):
     assert "quantizing to fp8" in result.err.splitlines()[0]
     plain = import_folder(store, "z-bf16", inspect_folder(tiny_folder)).manifest
     manifest = store.manifest("z-fp8")
-    assert manifest.config["quantization"] == {
+    assert manifest.config.quantization.to_json() == {
         "type": "fp8",
         "mode": "mxfp8",
         "bits": 8,
         "group_size": 32,
-        "rule": ZIMAGE_RULE.text,
+        "rule": QUANTIZATION.text,
         "tensors": EXPECTED_COUNTS["fp8"],
     }
     layers = {layer.name: layer for layer in manifest.layers}
@@ -102,9 +103,9 @@ def test_each_type_quantizes_the_rule_and_shrinks_those_tensors(store, tiny_fold
     chosen = [
         layer
         for layer in result.manifest.layers
-        if layer.is_tensor and ZIMAGE_RULE.selects(layer.name, layer.dtype, layer.shape, quant)
+        if layer.is_tensor and QUANTIZATION.selects(layer.name, layer.dtype, layer.shape, quant)
     ]
-    assert result.manifest.config["quantization"]["tensors"] == EXPECTED_COUNTS[name]
+    assert result.manifest.config.quantization.tensors == EXPECTED_COUNTS[name]
     assert len(chosen) == sum(EXPECTED_COUNTS[name].values())
     for layer in chosen:
         header = _blob(store, layer)
@@ -134,7 +135,7 @@ def test_create_from_a_stored_model_equals_create_from_the_folder(store, cli, ti
     manifest = store.manifest("base-fp8")
     assert len(new) == sum(EXPECTED_COUNTS["fp8"].values()) + 1  # the quantized weights and the config
     assert f"{len(new)} new blobs, {len(manifest.layers) - len(new) + 1} reused blobs" in result.out
-    assert manifest.config["quantization"]["type"] == "fp8"  # the alias is stored by its name
+    assert manifest.config.quantization.type == "fp8"  # the alias is stored by its name
     cli("create", "folder-fp8", "-f", str(tiny_folder), "--quantize", "fp8")
     assert store.manifest("folder-fp8").digest == manifest.digest  # the very same model
     assert cli("rm", "base").code == 0  # the quantized model does not need its source
@@ -150,7 +151,7 @@ def test_show_prints_the_quantization_and_the_rule(store, cli, tiny_folder):
     assert re.search(r"type\s+int4: affine, 4 bits, groups of 64 \(4-bit integers", section)
     assert re.search(r"tensors\s+39 quantized \(text_encoder 3, transformer 36\)", section)
     rule = " ".join(line.strip() for line in section.split("rule", 1)[1].splitlines())
-    assert rule == ZIMAGE_RULE.text
+    assert rule == QUANTIZATION.text
     assert re.search(r"transformer\s+ZImageTransformer2DModel\s+706\.1K\s+1\.1 MB\s+BF16, int4", text)
     assert re.search(r"vae\s+AutoencoderKL\s+364\.7K\s+747 KB\s+BF16\n", text)
     doc = json.loads(cli("show", "z", "--json").out)
@@ -214,17 +215,17 @@ def test_type_names_and_aliases():
 
 def test_the_rule_needs_a_float_matrix_whose_input_size_fits_the_groups():
     fp8, int8 = TYPES["fp8"], TYPES["int8"]
-    assert ZIMAGE_RULE.selects("transformer/layers.3.feed_forward.w2.weight", "BF16", (3840, 10240), int8)
-    assert ZIMAGE_RULE.selects(
+    assert QUANTIZATION.selects("transformer/layers.3.feed_forward.w2.weight", "BF16", (3840, 10240), int8)
+    assert QUANTIZATION.selects(
         "transformer/context_refiner.1.attention.to_out.0.weight", "F32", (64, 64), fp8
     )
-    assert ZIMAGE_RULE.selects("text_encoder/model.layers.35.mlp.down_proj.weight", "F16", (2560, 9728), fp8)
-    assert not ZIMAGE_RULE.selects("transformer/layers.3.feed_forward.w2.weight", "BF16", (64, 170), fp8)
-    assert not ZIMAGE_RULE.selects("text_encoder/model.layers.0.mlp.up_proj.weight", "BF16", (48, 32), int8)
-    assert not ZIMAGE_RULE.selects("transformer/layers.0.attention.to_q.weight", "F8_E4M3", (64, 64), fp8)
-    assert not ZIMAGE_RULE.selects("transformer/layers.0.attention.norm_q.weight", "BF16", (64,), fp8)
-    assert not ZIMAGE_RULE.selects("transformer/layers.0.adaLN_modulation.0.weight", "BF16", (256, 64), fp8)
-    assert not ZIMAGE_RULE.selects("vae/layers.0.attention.to_q.weight", "BF16", (64, 64), fp8)
+    assert QUANTIZATION.selects("text_encoder/model.layers.35.mlp.down_proj.weight", "F16", (2560, 9728), fp8)
+    assert not QUANTIZATION.selects("transformer/layers.3.feed_forward.w2.weight", "BF16", (64, 170), fp8)
+    assert not QUANTIZATION.selects("text_encoder/model.layers.0.mlp.up_proj.weight", "BF16", (48, 32), int8)
+    assert not QUANTIZATION.selects("transformer/layers.0.attention.to_q.weight", "F8_E4M3", (64, 64), fp8)
+    assert not QUANTIZATION.selects("transformer/layers.0.attention.norm_q.weight", "BF16", (64,), fp8)
+    assert not QUANTIZATION.selects("transformer/layers.0.adaLN_modulation.0.weight", "BF16", (256, 64), fp8)
+    assert not QUANTIZATION.selects("vae/layers.0.attention.to_q.weight", "BF16", (64, 64), fp8)
 
 
 def test_quantization_metadata_that_cannot_be_read_is_a_clear_error():
@@ -261,7 +262,7 @@ def test_a_model_can_be_quantized_in_place(store, cli, tiny_folder):
     result = cli("create", "z", "--from", "z", "--quantize", "int8")
     assert result.code == 0, result.err
     after = store.manifest("z")
-    assert after.config["quantization"]["type"] == "int8"
+    assert after.config.quantization.type == "int8"
     assert "freed" in result.out
     gone = before.digests() - after.digests()
     assert (

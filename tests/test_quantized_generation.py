@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from ollama_img import load_pipeline
-from ollama_img.models.zimage import load
+from ollama_img.models.loading import DEQUANTIZE_PER_CALL, QUANTIZED_MATMUL, DequantizingLinear
+from ollama_img.models.zimage.loader import load
 from ollama_img.quantization import STRATEGIES, TYPES, loading_strategy
-from ollama_img.quantized_linear import DEQUANTIZE_PER_CALL, QUANTIZED_MATMUL, DequantizingLinear
 from ollama_img.store import Store, import_folder, inspect_folder
 from ollama_img.weights import StoreSource
 

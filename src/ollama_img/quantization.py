@@ -3,7 +3,8 @@
 A quantized weight stays one store layer, as in ollama: its blob is a safetensors file holding the
 packed `weight`, its `scales` and, for MLX's affine mode, `biases`, with the type in `__metadata__`
 (`quantization`, `mode`, `bits`, `group_size`, all strings). The manifest layer keeps the logical name,
-dtype and shape; the config blob's `quantization` records the type and the rule (`config_record`).
+dtype and shape; the config blob's `quantization` records the type and the rule
+(`ollama_img.store.config.QuantizationRecord`).
 
 The types are MLX's quantization modes under the names ollama's MLX engine uses. Quantizing needs MLX
 (`quantize_weight`); everything else here is plain Python, so `show` and the store never import MLX.
@@ -65,7 +66,8 @@ def parse_quant_type(text: str) -> QuantType:
 
 
 # ---------------------------------------------------------------------------------------------
-# Which tensors: one rule per architecture, chosen from measured error (bench/RESULTS.md).
+# Which tensors: each family declares its rule (`Architecture.quantization`, from measured error);
+# what any rule requires of a tensor is here.
 
 
 @dataclass(frozen=True)
@@ -89,83 +91,8 @@ class QuantRule:
         )
 
 
-ZIMAGE_RULE = QuantRule(
-    patterns={
-        "transformer": (
-            r"(layers|noise_refiner|context_refiner)\.\d+\."
-            r"(attention\.(to_q|to_k|to_v|to_out\.0)|feed_forward\.w[123])\.weight"
-        ),
-        "text_encoder": r"(model\.)?layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight",
-    },
-    text=(
-        "Linear weights of the transformer's layers, noise_refiner and context_refiner blocks (attention "
-        "q, k, v, out; feed-forward w1, w2, w3) and of the text encoder's decoder layers (q, k, v, o, "
-        "gate, up, down), where the input size is a multiple of the group size; embedders, adaLN, "
-        "final layer, pad tokens, norms and the VAE keep their dtype"
-    ),
-)
-
-FLUX2_KLEIN_RULE = QuantRule(
-    patterns={
-        "transformer": (
-            r"transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
-            r"|ff\.linear_(in|out)|ff_context\.linear_(in|out))\.weight"
-            r"|single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out)\.weight"
-        ),
-        "text_encoder": ZIMAGE_RULE.patterns["text_encoder"],
-    },
-    text=(
-        "Linear weights of the transformer's double-stream blocks (image and text attention q, k, v, out; "
-        "both feed-forwards) and single-stream blocks (joint input and output projections), and of the "
-        "text encoder's decoder layers (q, k, v, o, gate, up, down), where the input size is a multiple of "
-        "the group size; embedders, modulation, the final layer, norms and the VAE keep their dtype"
-    ),
-)
-
-RULES = {"ZImagePipeline": ZIMAGE_RULE, "Flux2KleinPipeline": FLUX2_KLEIN_RULE}
-
-
-def rule_for(architecture: str) -> QuantRule:
-    """The quantization rule of an architecture (its model_index.json `_class_name`)."""
-    if architecture not in RULES:
-        raise UserError(f"quantization is not supported for {architecture} models")
-    return RULES[architecture]
-
-
-def config_record(quant: QuantType, rule: QuantRule, counts: dict[str, int]) -> dict:
-    """The config blob's `quantization`: the type, the rule, and how many tensors of each component it hit."""
-    return {
-        "type": quant.name,
-        "mode": quant.mode,
-        "bits": quant.bits,
-        "group_size": quant.group_size,
-        "rule": rule.text,
-        "tensors": counts,
-    }
-
-
-def describe(record) -> tuple[str, list[tuple[str, str]]]:
-    """What `show` prints for a config's `quantization`: a short value and detail rows (type, tensors, rule)."""
-    if not record:
-        return "none", []
-    if not isinstance(record, dict):
-        return str(record), []
-    name = str(record.get("type"))
-    known = TYPES.get(name)
-    detail = f"{record.get('mode')}, {record.get('bits')} bits, groups of {record.get('group_size')}"
-    rows = [("type", f"{name}: {detail}" + (f" ({known.summary})" if known else ""))]
-    counts = record.get("tensors")
-    if isinstance(counts, dict):
-        total = sum(int(n) for n in counts.values())
-        per = ", ".join(f"{component} {n}" for component, n in counts.items())
-        rows.append(("tensors", f"{total} quantized ({per})" if per else "none quantized"))
-    if record.get("rule"):
-        rows.append(("rule", str(record["rule"])))
-    return name, rows
-
-
 # ---------------------------------------------------------------------------------------------
-# Loading: how each back end runs quantized weights (see `ollama_img.quantized_linear`).
+# Loading: how each back end runs quantized weights (see `ollama_img.models.loading`).
 
 QUANTIZED_MATMUL = "quantized-matmul"  # packed, MLX's quantized matmul
 DEQUANTIZE_PER_CALL = "dequantize-per-call"  # packed, dequantized in each call for a plain matmul

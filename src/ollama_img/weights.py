@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from ollama_img.backend import require_mlx
 from ollama_img.errors import UserError
+from ollama_img.phases import timed
 from ollama_img.quantization import QuantParams
 
 if TYPE_CHECKING:
     import mlx.core as mx
 
+    from ollama_img.models.interface import Capabilities
     from ollama_img.store import Manifest, Store
 
 
@@ -36,6 +38,7 @@ class ComponentWeights:
 class WeightSource(Protocol):
     label: str  # what to call the model in messages: a store name or a folder path
     digest: str | None  # the manifest digest for a store model, None for a folder
+    capabilities: Capabilities | None  # what the store records the model can do; None for a folder
 
     def read_json(self, relpath: str) -> dict: ...
 
@@ -51,6 +54,7 @@ class FolderSource:
         self.root = Path(root).expanduser().resolve()
         self.label = str(self.root)
         self.digest = None
+        self.capabilities = None
         if not (self.root / "model_index.json").is_file():
             raise UserError(f"{self.root} is not a model folder: model_index.json is missing")
 
@@ -64,20 +68,19 @@ class FolderSource:
             raise UserError(f"{self.label}: {relpath} is missing")
         return _parse_json(text, f"{self.label}/{relpath}")
 
+    @timed("read")
     def weights(self, component: str) -> ComponentWeights:
+        """The component's tensors, from the files the importer would store (`store.folder.weight_files`)."""
+        from ollama_img.models import architecture_for
+        from ollama_img.store.folder import weight_files
+
         mx = require_mlx()
-        folder = self.root / component
-        files = sorted(folder.glob("*.safetensors"))
-        index = next(folder.glob("*.safetensors.index.json"), None)
-        if index is not None:
-            weight_map = _parse_json(index.read_text(), str(index)).get("weight_map", {})
-            files = [folder / name for name in sorted(set(weight_map.values()))]
-        if not files:
-            raise UserError(f"{self.label}: no safetensors weights in {component}/")
+        architecture = architecture_for(self.read_json("model_index.json").get("_class_name"))
+        declared = {c.name: c for c in architecture.components if c.weights}
+        if component not in declared:
+            raise UserError(f"{self.label}: {architecture.class_name} has no weights in {component}/")
         out: dict[str, mx.array] = {}
-        for f in files:
-            if not f.is_file():
-                raise UserError(f"{self.label}: {component}/{f.name} is missing (named by the index)")
+        for f in weight_files(self.root / component, declared[component]):
             try:
                 out.update(mx.load(str(f)))
             except Exception as exc:  # mlx raises RuntimeError/ValueError for malformed files
@@ -93,6 +96,7 @@ class StoreSource:
         self.manifest: Manifest = store.manifest(name)
         self.label = str(self.manifest.name)
         self.digest = self.manifest.digest
+        self.capabilities = self.manifest.config.capabilities
         self._layers = {layer.name: layer for layer in self.manifest.layers}
 
     def read_text(self, relpath: str) -> str | None:
@@ -107,6 +111,7 @@ class StoreSource:
             raise UserError(f"{self.label}: the store has no {relpath} for this model")
         return _parse_json(text, f"{self.label}:{relpath}")
 
+    @timed("read")
     def weights(self, component: str) -> ComponentWeights:
         from ollama_img.store import PLAIN_TENSOR_NAME, TENSOR_MEDIA_TYPE
 

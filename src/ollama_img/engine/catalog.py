@@ -3,8 +3,17 @@
 Kept in one place so the HTTP routes never depend on the store's internals.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from ollama_img.engine import utc_iso
+from ollama_img.formatting import human_count
 from ollama_img.names import ModelName
+
+if TYPE_CHECKING:
+    from ollama_img.models.interface import Capabilities
+    from ollama_img.store.config import ModelConfig
 
 
 def _store():
@@ -16,6 +25,12 @@ def _store():
 def resolve(name: str) -> str | None:
     """The manifest digest of a model, or NotFound (404) with the store's hint."""
     return _store().manifest(name).digest
+
+
+def lookup(name: str) -> tuple[str, Capabilities | None]:
+    """The manifest digest of a model and what its record says it can do, or NotFound (404)."""
+    manifest = _store().manifest(name)
+    return manifest.digest, manifest.config.capabilities
 
 
 def short_id(digest: str | None) -> str:
@@ -57,20 +72,18 @@ def show(name: str) -> dict:
         "digest": manifest.digest,
         "size": manifest.total_size,
         "details": _details(manifest.config),
-        "model_info": manifest.config,
+        "model_info": manifest.config.to_json(),
         "layers": [layer.to_json() for layer in manifest.layers],
     }
 
 
-def _details(config: dict) -> dict:
-    from ollama_img.cli.formatting import human_count
-
-    family = config.get("family")
-    count = config.get("parameter_count")
+def _details(config: ModelConfig) -> dict:
+    family = config.family
+    count = config.parameter_count
     return {
-        "format": config.get("format"),
+        "format": config.format,
         "family": family,
         "families": [family] if family else [],
-        "parameter_size": human_count(count) if isinstance(count, int) else None,
-        "quantization_level": config.get("quantization"),
+        "parameter_size": human_count(count) if count is not None else None,
+        "quantization_level": config.quantization.type if config.quantization else None,
     }

@@ -15,8 +15,8 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
+from ollama_img.engine import warmup
 from ollama_img.engine.jobs import (
     CANCELLED,
     DONE,
@@ -32,6 +32,8 @@ from ollama_img.engine.jobs import (
 )
 from ollama_img.engine.params import GenerateParams
 from ollama_img.errors import UserError
+from ollama_img.models.interface import Capabilities, ImagePipeline
+from ollama_img.options import OPTIONS, check_sizes, check_supported
 from ollama_img.png_meta import Recipe, encode_png
 
 log = logging.getLogger("ollama_img.engine")
@@ -44,12 +46,13 @@ class LoadedModel:
 
     name: str
     digest: str | None
-    pipe: Any
+    pipe: ImagePipeline | None  # None once unloaded
     size: int
     expires_at: float = math.inf  # time.monotonic() deadline; inf = forever
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
     stop_requested: bool = False  # `stop` came while a job ran: unload when it ends
+    warm: bool = False  # has generated or warmed up since it was loaded
     unloaded: asyncio.Event = field(default_factory=asyncio.Event)
 
     def keep_for(self, seconds: float):
@@ -60,9 +63,9 @@ class LoadedModel:
         return self.expires_at - time.monotonic()
 
 
-def _release(holder: list):
-    """Drop the last reference to a pipeline on the worker thread and give its memory back."""
-    holder.clear()
+def _release(model: LoadedModel):
+    """Drop the model's pipeline (its last reference) on the worker thread and give its memory back."""
+    model.pipe = None
     gc.collect()
     try:
         import mlx.core as mx
@@ -86,6 +89,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.warm_up = warmup.WarmUpPolicy.from_env()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -107,10 +111,10 @@ class Scheduler:
         for task in finishing:
             task.cancel()
         await asyncio.gather(*finishing, return_exceptions=True)
-        holders = [[m.pipe] for m in self._loaded.values()]
+        models = list(self._loaded.values())
         self._loaded.clear()
-        for holder in holders:
-            self._worker.submit(_release, holder)
+        for model in models:
+            self._worker.submit(_release, model)
         self._worker.shutdown(wait=False, cancel_futures=False)
 
     # -- what the HTTP side asks -----------------------------------------------------------------
@@ -123,11 +127,15 @@ class Scheduler:
     def loaded_models(self) -> list[LoadedModel]:
         return sorted(self._loaded.values(), key=lambda m: m.name)
 
-    def check(self, params: GenerateParams):
-        """Reject a request the loaded model cannot do, before it waits in the queue."""
+    def check(self, params: GenerateParams, capabilities: Capabilities | None):
+        """Reject a request the model cannot do before it waits in the queue: against the loaded
+        pipeline, else against the capabilities its record lists (None: checked once it is loaded)."""
         model = self._loaded.get(params.model)
         if model is not None:
             self._validate(model.pipe, params)
+        elif capabilities is not None:
+            check_supported(params.model, params.asked(), capabilities)
+            check_sizes(params.asked(), capabilities)
 
     def submit(self, params: GenerateParams, digest: str | None) -> Job:
         """Queue a job; its events say where it stands. An empty prompt only loads the model."""
@@ -199,7 +207,7 @@ class Scheduler:
         self._running = job
         timings = Timings(queue=time.monotonic() - job.created)
         params = job.params
-        keepalive = self.default_keepalive if params.keepalive is None else params.keepalive
+        keepalive = self.default_keepalive if params.keep_alive is None else params.keep_alive
         try:
             job.check_cancelled()
             model = await self._ensure_loaded(job, timings)
@@ -211,12 +219,15 @@ class Scheduler:
                     await self._in_worker(self._generate, job, model) if params.prompt else ([], {})
                 )
                 timings.generate = time.monotonic() - started
+                model.warm = model.warm or bool(images)
             finally:
                 model.busy = False
                 model.keep_for(0 if model.stop_requested else keepalive)
             task = asyncio.create_task(self._finish(job, model, images, resolved, timings))
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
+            if not (params.prompt or model.warm or model.stop_requested) and self.warm_up.wanted(model.pipe):
+                await self._warm_up(model, keepalive)  # answered already: nobody waits for this
         except JobCancelled:
             log.info("job %d cancelled", job.id)
             job.emit(Event(CANCELLED))
@@ -250,7 +261,7 @@ class Scheduler:
         job.emit(Event(DONE, result=result))
         if images:
             log.info(
-                "job %d done: %s, %d image(s) %dx%d, %d steps in %.2fs (+%.2fs encoding)",
+                "job %d done: %s, %d image(s) %dx%d, %d steps in %.2fs (%s; +%.2fs encoding)",
                 job.id,
                 model.name,
                 len(images),
@@ -258,6 +269,7 @@ class Scheduler:
                 resolved["height"],
                 resolved["steps"],
                 timings.generate,
+                resolved["phases"],
                 timings.encode,
             )
 
@@ -274,20 +286,33 @@ class Scheduler:
         job.emit(Event(LOADING))
         started = time.monotonic()
         log.info("loading %s", name)
-        pipe, size = await self._in_worker(self._load_and_measure, name)
+        note = warmup.compile_note()
+        if note:
+            log.info(note)
+        pipe, size, phases = await self._in_worker(self._load_and_measure, name)
         timings.load = time.monotonic() - started
         model = LoadedModel(name=name, digest=getattr(pipe, "digest", None), pipe=pipe, size=size)
         model.keep_for(self.default_keepalive)
         self._loaded[name] = model
-        log.info("loaded %s (%d bytes) in %.2fs", name, model.size, timings.load)
+        log.info("loaded %s (%d bytes) in %.2fs (%s)", name, model.size, timings.load, phases)
         return model
+
+    async def _warm_up(self, model: LoadedModel, keepalive: float):
+        """Run the model's warm-up on the worker before the next job; a failure only costs the warm-up."""
+        model.busy = True
+        try:
+            await self._in_worker(self.warm_up.run, model.pipe, model.name)
+            model.warm = True
+        except Exception:
+            log.exception("warm-up of %s failed; the model stays loaded", model.name)
+        finally:
+            model.busy = False
+            model.keep_for(0 if model.stop_requested else keepalive)
 
     async def _unload(self, model: LoadedModel):
         if self._loaded.get(model.name) is model:
             del self._loaded[model.name]
-        holder = [model.pipe]
-        model.pipe = None
-        await self._in_worker(_release, holder)
+        await self._in_worker(_release, model)
         model.unloaded.set()
         log.info("unloaded %s", model.name)
 
@@ -302,22 +327,26 @@ class Scheduler:
     def _load_and_measure(name: str):
         # MLX streams are per thread: everything that touches the model's arrays stays on the worker.
         from ollama_img import load_pipeline
+        from ollama_img.phases import recording
 
-        pipe = load_pipeline(name)
-        return pipe, int(pipe.resident_bytes)
+        with recording() as timer:
+            pipe = load_pipeline(name)
+        return pipe, int(pipe.resident_bytes), timer.summary()
 
     @staticmethod
     def _resolve(pipe, params: GenerateParams) -> dict:
         """The request with the pipeline's defaults (size, steps, guidance) for what it leaves out."""
         defaults = pipe.defaults
+        guidance = defaults.guidance if params.guidance is None else params.guidance
         return {
             "width": params.width or defaults.width,
             "height": params.height or defaults.height,
             "steps": params.steps or defaults.steps,
-            "guidance": defaults.guidance if params.guidance is None else params.guidance,
+            "guidance": guidance if pipe.capabilities.guidance else None,
         }
 
     def _validate(self, pipe, params: GenerateParams) -> dict:
+        check_supported(params.model, params.asked(), pipe.capabilities)
         resolved = self._resolve(pipe, params)
         try:
             pipe.validate(width=resolved["width"], height=resolved["height"], steps=resolved["steps"])
@@ -325,10 +354,31 @@ class Scheduler:
             raise UserError(str(exc)) from None
         return resolved
 
+    @staticmethod
+    def _model_options(pipe, params: GenerateParams, resolved: dict) -> dict:
+        """generate()'s keywords for the options of the model's capabilities that have a value: the
+        request's, else the model's default (guidance)."""
+        chosen = {**params.asked(), **resolved}
+        return {
+            option.field: chosen[option.field]
+            for option in OPTIONS
+            if option.capability
+            and getattr(pipe.capabilities, option.capability)
+            and chosen.get(option.field) is not None
+        }
+
     def _generate(self, job: Job, model: LoadedModel):
+        from ollama_img.phases import recording
+
+        with recording() as timer:
+            images, resolved = self._generate_images(job, model)
+        resolved["phases"] = timer.summary()
+        return images, resolved
+
+    def _generate_images(self, job: Job, model: LoadedModel):
         params = job.params
         resolved = self._validate(model.pipe, params)
-        extra = {} if params.teacache is None else {"teacache": params.teacache}
+        options = self._model_options(model.pipe, params, resolved)
         first_seed = params.seed if params.seed is not None else _random_seed()
         resolved["seeds"] = [first_seed + i for i in range(params.n)]
         images = []
@@ -345,11 +395,9 @@ class Scheduler:
                     width=resolved["width"],
                     height=resolved["height"],
                     steps=resolved["steps"],
-                    guidance=resolved["guidance"],
-                    negative_prompt=params.negative_prompt,
                     seed=seed,
                     on_step=on_step,
-                    **extra,
+                    **options,
                 )
             )
         return images, resolved
@@ -386,7 +434,7 @@ class Scheduler:
             width=resolved.get("width", 0),
             height=resolved.get("height", 0),
             steps=resolved.get("steps", 0),
-            guidance=resolved.get("guidance", 0.0),
+            guidance=resolved.get("guidance"),
             timings=timings,
         )
 

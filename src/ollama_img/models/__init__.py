@@ -1,84 +1,38 @@
-"""Architectures ollama-img can run, keyed by the `_class_name` of a diffusers `model_index.json`.
+"""The model families ollama-img runs, keyed by the `_class_name` of a diffusers `model_index.json`.
 
-The store and the CLI only consult this table; each architecture's MLX code lives in its own package
-(`models/<arch>/`), so adding one touches neither.
+The store, the CLI and the engine only consult this table and the interfaces beside it: `Architecture`
+(`models/architecture.py`: a family's components, capabilities, quantization rule and loader) and
+`ImagePipeline` with its `Capabilities` (`models/interface.py`). Parts that families share are
+modules of this package: the Qwen3 text encoder (`qwen3`), the chat-template tokenizer
+(`chat_tokenizer`), the flow-matching schedule (`flow_match`), the AutoencoderKL blocks
+(`autoencoder_kl`), config reading (`configs`) and weight loading (`loading`).
+
+A new family touches only:
+  1. its own package, `models/<family>/`: `__init__.py` declaring `ARCHITECTURE` (plain Python, no MLX:
+     components, `capabilities(read_json)`, size unit, the `QuantRule` for `create --quantize`),
+     `config.py` (its config dataclasses), `loader.py` (`load(source, dtype=None)` -> its pipeline,
+     built with `loading.ComponentLoader`) and its model modules; the pipeline class satisfies
+     `ImagePipeline`. When the family takes LoRA adapters, the mapping from adapter keys (diffusers/PEFT,
+     kohya) to its module paths is its own too, beside its quantization rule;
+  2. one line of `FAMILIES` below;
+  3. its tests (tiny folders in the release layout, parity with the diffusers pipeline).
 """
 
 import difflib
-from dataclasses import dataclass
+import importlib
+import math
 
 from ollama_img.errors import UserError
+from ollama_img.models.architecture import Architecture, Component
 
+__all__ = ["ARCHITECTURES", "Architecture", "Component", "architecture_for", "size_unit"]
 
-@dataclass(frozen=True)
-class Component:
-    """One folder of a model directory."""
+FAMILIES = ("zimage", "flux2")  # packages under ollama_img.models, each with its ARCHITECTURE
 
-    name: str  # folder name, e.g. "transformer"
-    weights: str | None = None  # safetensors stem ("diffusion_pytorch_model", "model"), None if no weights
-    required_files: tuple[str, ...] = ()  # files that must exist in the folder
-    optional_files: tuple[str, ...] = ()  # files kept when present
-
-
-@dataclass(frozen=True)
-class Architecture:
-    class_name: str  # model_index.json `_class_name`
-    family: str  # short name shown by `show`
-    module: str  # package that provides `load(source, ...)`
-    components: tuple[Component, ...]
-
-
-ZIMAGE = Architecture(
-    class_name="ZImagePipeline",
-    family="z-image",
-    module="ollama_img.models.zimage",
-    components=(
-        Component("scheduler", required_files=("scheduler_config.json",)),
-        Component(
-            "text_encoder",
-            weights="model",
-            required_files=("config.json",),
-            optional_files=("generation_config.json",),
-        ),
-        Component(
-            "tokenizer",
-            required_files=("tokenizer.json", "tokenizer_config.json"),
-            optional_files=("chat_template.jinja", "special_tokens_map.json", "vocab.json", "merges.txt"),
-        ),
-        Component("transformer", weights="diffusion_pytorch_model", required_files=("config.json",)),
-        Component("vae", weights="diffusion_pytorch_model", required_files=("config.json",)),
-    ),
-)
-
-FLUX2_KLEIN = Architecture(
-    class_name="Flux2KleinPipeline",
-    family="flux2-klein",
-    module="ollama_img.models.flux2",
-    components=(
-        Component("scheduler", required_files=("scheduler_config.json",)),
-        Component(
-            "text_encoder",
-            weights="model",
-            required_files=("config.json",),
-            optional_files=("generation_config.json",),
-        ),
-        Component(
-            "tokenizer",
-            required_files=("tokenizer.json", "tokenizer_config.json"),
-            optional_files=(
-                "chat_template.jinja",
-                "special_tokens_map.json",
-                "added_tokens.json",
-                "vocab.json",
-                "merges.txt",
-            ),
-        ),
-        Component("transformer", weights="diffusion_pytorch_model", required_files=("config.json",)),
-        Component("vae", weights="diffusion_pytorch_model", required_files=("config.json",)),
-    ),
-)
-
-ARCHITECTURES = {a.class_name: a for a in (ZIMAGE, FLUX2_KLEIN)}
+ARCHITECTURES: dict[str, Architecture] = {
+    arch.class_name: arch
+    for arch in (importlib.import_module(f"{__name__}.{family}").ARCHITECTURE for family in FAMILIES)
+}
 
 
 def architecture_for(class_name) -> Architecture:
@@ -90,3 +44,9 @@ def architecture_for(class_name) -> Architecture:
     close = difflib.get_close_matches(str(class_name), ARCHITECTURES, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise UserError(f"unsupported architecture {class_name!r} in model_index.json{hint}; supported: {known}")
+
+
+def size_unit() -> int:
+    """What every family's image sides are multiples of (the gcd of their units): a side that is not
+    suits no model, so a request can be refused before its model is even looked up."""
+    return math.gcd(*(arch.size_unit for arch in ARCHITECTURES.values()))

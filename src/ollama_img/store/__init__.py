@@ -7,8 +7,9 @@ Public API (what the loader, the engine and the CLI use):
     manifest.layers                          # tuple[Layer]: name, digest, size, media_type, dtype, shape
     manifest.component_layers("transformer") # the layers of one component, in checkpoint order
     manifest.layer("transformer/config.json")
-    manifest.config                          # dict: architecture, family, format, components,
-                                             #       parameter_count, quantization, total_size
+    manifest.config                          # ModelConfig (store/config.py): architecture, family, format,
+                                             #   components, parameter_count, quantization, capabilities,
+                                             #   total_size
     manifest.digest, manifest.id             # "sha256:<hex>" of the manifest bytes; its first 12 hex digits
     manifest.name                            # the ModelName it was read under
     manifest.total_size                      # bytes of every blob it uses (what `list` shows)
@@ -32,19 +33,58 @@ A quantized weight's blob holds several named tensors (`weight`, `scales`, `bias
 (`write_tensor_blob`); see `ollama_img.quantization`.
 """
 
-from ollama_img.store.blobs import PLAIN_TENSOR_NAME, WrittenBlob, write_bytes_blob, write_tensor_blob
-from ollama_img.store.folder import ImportPlan, inspect_folder
-from ollama_img.store.from_model import plan_from_model
-from ollama_img.store.importer import ImportResult, import_folder
-from ollama_img.store.manifest import (
-    JSON_MEDIA_TYPE,
-    TENSOR_MEDIA_TYPE,
-    TEXT_MEDIA_TYPE,
-    Layer,
-    Manifest,
-)
-from ollama_img.store.safetensors_format import TensorEntry
-from ollama_img.store.store import ModelEntry, Removal, Store
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Each name is imported from its module on first use (PEP 562): `ollama-img list` needs the manifests,
+# not the importer, and every command must start fast.
+_HOMES = {
+    "PLAIN_TENSOR_NAME": "blobs",
+    "WrittenBlob": "blobs",
+    "write_bytes_blob": "blobs",
+    "write_tensor_blob": "blobs",
+    "ImportPlan": "folder",
+    "inspect_folder": "folder",
+    "plan_from_model": "from_model",
+    "ImportResult": "importer",
+    "import_folder": "importer",
+    "JSON_MEDIA_TYPE": "manifest",
+    "TENSOR_MEDIA_TYPE": "manifest",
+    "TEXT_MEDIA_TYPE": "manifest",
+    "Layer": "manifest",
+    "Manifest": "manifest",
+    "TensorEntry": "safetensors_format",
+    "ModelEntry": "store",
+    "Removal": "store",
+    "Store": "store",
+}
+
+if TYPE_CHECKING:
+    from ollama_img.store.blobs import PLAIN_TENSOR_NAME, WrittenBlob, write_bytes_blob, write_tensor_blob
+    from ollama_img.store.folder import ImportPlan, inspect_folder
+    from ollama_img.store.from_model import plan_from_model
+    from ollama_img.store.importer import ImportResult, import_folder
+    from ollama_img.store.manifest import (
+        JSON_MEDIA_TYPE,
+        TENSOR_MEDIA_TYPE,
+        TEXT_MEDIA_TYPE,
+        Layer,
+        Manifest,
+    )
+    from ollama_img.store.safetensors_format import TensorEntry
+    from ollama_img.store.store import ModelEntry, Removal, Store
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "JSON_MEDIA_TYPE",

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from ollama_img.errors import UserError
 from ollama_img.models import Architecture, Component, architecture_for
+from ollama_img.models.interface import Capabilities
 from ollama_img.store.blobs import BlobRef
+from ollama_img.store.config import QuantizationRecord
 from ollama_img.store.safetensors_format import Header
 from ollama_img.store.source import read_header
 
@@ -72,6 +74,8 @@ class ImportPlan:
     architecture: Architecture
     files: tuple[FileItem, ...]  # top-level files (model_index.json)
     components: tuple[ComponentPlan, ...]
+    capabilities: Capabilities  # what the model can do, from its config files
+    quantization: QuantizationRecord | None = None  # the record of weights that arrive quantized already
 
     @property
     def tensor_count(self) -> int:
@@ -100,7 +104,23 @@ def inspect_folder(folder: Path | str) -> ImportPlan:
     architecture = architecture_for(model_index["_class_name"])
     components = tuple(_inspect_component(folder, c, model_index) for c in architecture.components)
     files = (FileItem(MODEL_INDEX, index_path, index_path.stat().st_size),)
-    return ImportPlan(str(folder), architecture, files, components)
+    capabilities = capabilities_of(architecture, components, str(folder))
+    return ImportPlan(str(folder), architecture, files, components, capabilities)
+
+
+def capabilities_of(
+    architecture: Architecture, components: tuple[ComponentPlan, ...], origin: str
+) -> Capabilities:
+    """The capabilities the family reads from the model's config files, or a UserError saying why not."""
+    files = {item.layer_name: item for component in components for item in component.files}
+
+    def read_json(relpath: str) -> dict:
+        return _read_json(files[relpath].path, relpath)
+
+    try:
+        return architecture.capabilities(read_json)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{origin}: unsupported or invalid configuration ({exc})") from None
 
 
 def _inspect_component(folder: Path, component: Component, model_index: dict) -> ComponentPlan:
@@ -128,47 +148,58 @@ def _inspect_component(folder: Path, component: Component, model_index: dict) ->
     return ComponentPlan(component.name, class_name, tuple(items), shards)
 
 
-def _inspect_weights(folder: Path, directory: Path, component: Component) -> tuple[Shard, ...]:
-    """The component's safetensors files: `<stem>.safetensors`, or the shards its index names."""
+def weight_files(directory: Path, component: Component) -> list[Path]:
+    """The safetensors files of a component's weights, as diffusers picks them: `<stem>.safetensors`, else
+    the shards its index names (never other files there, such as `<stem>.fp16.safetensors` variants)."""
+    return _weight_files(directory, component)[0]
+
+
+def _weight_files(directory: Path, component: Component) -> tuple[list[Path], dict[str, str] | None]:
     stem, name = component.weights, component.name
     single = directory / f"{stem}.safetensors"
     index_path = directory / f"{stem}.safetensors.index.json"
     if single.is_file():
-        shard_names = [single.name]
-        weight_map = None
-    elif index_path.is_file():
-        weight_map = _read_weight_map(index_path, f"{name}/{index_path.name}")
+        return [single], None
+    if index_path.is_file():
+        weight_map = read_weight_map(index_path, f"{name}/{index_path.name}")
         shard_names = sorted(set(weight_map.values()))
         for shard in shard_names:
             if not (directory / shard).is_file():
                 raise UserError(
                     f"{name}/{index_path.name} names shard '{shard}', which is missing from {directory}"
                 )
-    else:
-        other = sorted(p.name for p in directory.glob(f"{stem}*.bin"))
-        hint = f" (found {other[0]}: only safetensors weights are supported)" if other else ""
-        raise UserError(f"missing weights in '{name}/': expected {single.name} or {index_path.name}{hint}")
+        return [directory / shard for shard in shard_names], weight_map
+    other = sorted(p.name for p in directory.glob(f"{stem}*.bin"))
+    hint = f" (found {other[0]}: only safetensors weights are supported)" if other else ""
+    raise UserError(f"missing weights in '{name}/': expected {single.name} or {index_path.name}{hint}")
+
+
+def _inspect_weights(folder: Path, directory: Path, component: Component) -> tuple[Shard, ...]:
+    """The component's safetensors files (`weight_files`), each header validated against the index."""
+    name = component.name
+    paths, weight_map = _weight_files(directory, component)
+    index_name = f"{component.weights}.safetensors.index.json"
     shards = []
     seen: dict[str, str] = {}
-    for shard_name in shard_names:
-        display = f"{name}/{shard_name}"
-        header = read_header(directory / shard_name, display)
+    for path in paths:
+        display = f"{name}/{path.name}"
+        header = read_header(path, display)
         for tensor in header.tensors:
             if tensor.name in seen:
                 raise UserError(f"tensor {tensor.name!r} is in both {seen[tensor.name]} and {display}")
             seen[tensor.name] = display
-        shards.append(Shard(name, directory / shard_name, display, header))
+        shards.append(Shard(name, path, display, header))
     if weight_map is not None:
         for tensor_name, shard_name in weight_map.items():
             if seen.get(tensor_name) != f"{name}/{shard_name}":
                 raise UserError(
-                    f"{name}/{index_path.name} puts tensor {tensor_name!r} in {shard_name}, "
+                    f"{name}/{index_name} puts tensor {tensor_name!r} in {shard_name}, "
                     "but that shard does not hold it"
                 )
     return tuple(shards)
 
 
-def _read_weight_map(path: Path, display: str) -> dict[str, str]:
+def read_weight_map(path: Path, display: str) -> dict[str, str]:
     index = _read_json(path, display)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:

@@ -11,38 +11,25 @@ prompt when guidance > 1, as diffusers does.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 from PIL import Image
 
+from ollama_img.backend import compile_steps
 from ollama_img.models.flux2 import reference, schedule
 from ollama_img.models.flux2.text_encoder import PromptEncoder
 from ollama_img.models.flux2.transformer import Condition, Flux2Transformer, Rope, StepModulation
 from ollama_img.models.flux2.vae import AutoencoderKLFlux2
-from ollama_img.models.zimage.attention_prep import use_cuda_kernel
+from ollama_img.models.interface import Capabilities, Defaults, StepCallback, validate_request
+from ollama_img.phases import phase
 
-StepCallback = Callable[[int, int], None]
-
-MAX_SIDE = 4096
 MAX_PIXELS = 2048 * 2048  # 16384 image tokens; what ollama's FLUX.2 caps its output at
 
-
-@dataclass(frozen=True)
-class Defaults:
-    """The recipe: distilled klein runs 4 steps (guidance is ignored, 1.0 as ollama shows it); the base
-    models run diffusers' 50 steps at guidance 4."""
-
-    width: int = 1024
-    height: int = 1024
-    steps: int = 4
-    guidance: float = 1.0
-
-
-DISTILLED = Defaults()
-BASE = Defaults(steps=50, guidance=4.0)
+# The recipes: distilled klein runs 4 steps (it ignores guidance; 1.0 as ollama shows it), the base
+# models diffusers' 50 steps at guidance 4.
+DISTILLED = Defaults(width=1024, height=1024, steps=4, guidance=1.0)
+BASE = Defaults(width=1024, height=1024, steps=50, guidance=4.0)
 
 
 class Flux2KleinPipeline:
@@ -54,6 +41,7 @@ class Flux2KleinPipeline:
         vae: AutoencoderKLFlux2,
         scheduler_config: dict,
         distilled: bool,
+        capabilities: Capabilities,
         dtype: mx.Dtype,
         name: str,
         digest: str | None = None,
@@ -63,17 +51,18 @@ class Flux2KleinPipeline:
         self.vae = vae
         self.scheduler_config = scheduler_config
         self.distilled = distilled
-        self.defaults = DISTILLED if distilled else BASE
+        self.capabilities = capabilities
         self.dtype = dtype
         self.name = name
         self.digest = digest
-        # As Z-Image: mx.compile the step where fusing elementwise work pays (Metal); on CUDA the fused
-        # kernels do that work, on the CPU compiling costs more than it saves. bench/gpu_flux2.py measures
-        # both on a GPU.
-        self.compile = mx.default_device() == mx.gpu and not use_cuda_kernel()
+        self.compile = compile_steps()  # bench/gpu_flux2.py measures the step both ways on a GPU
         self._compiled_step = None
 
     # -- facts for the engine ------------------------------------------------------------------
+
+    @property
+    def defaults(self) -> Defaults:
+        return DISTILLED if self.distilled else BASE
 
     @property
     def text_encoder(self):
@@ -93,23 +82,33 @@ class Flux2KleinPipeline:
 
     @property
     def size_unit(self) -> int:
-        """Image sides are multiples of this: the VAE's scale times the 2x2 token patch."""
-        return self.vae.config.scale_factor * 2
+        """Image sides are multiples of this: one token's worth of pixels."""
+        return self.vae.config.size_unit
+
+    @property
+    def benefits_from_warm_up(self) -> bool:
+        """On a GPU the first image compiles kernels and sets up the GPU libraries; the CPU has nothing
+        to compile, so warming up there would only keep the cores busy."""
+        return mx.default_device() == mx.gpu
+
+    def warm_up(self, width: int | None = None, height: int | None = None) -> None:
+        """Run every part once at this size (default: the model's): text encoder, one transformer step,
+        VAE decode, and the VAE encoder on a reference image of that size, so that the first request
+        finds its kernels compiled. Uses no global random state: later images are unchanged."""
+        width = width or self.defaults.width
+        height = height or self.defaults.height
+        self.encode_references(
+            [Image.new("RGB", (max(width, reference.MIN_SIDE), max(height, reference.MIN_SIDE)))]
+        )
+        self.generate("warm-up", width=width, height=height, steps=1, seed=0)
 
     def validate(self, *, width: int, height: int, steps: int) -> None:
         """Raise ValueError with a message a user can act on when the request cannot run."""
-        unit = self.size_unit
-        for what, value in (("width", width), ("height", height)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % unit:
-                raise ValueError(f"{what} must be a positive multiple of {unit}, got {value!r}")
-            if value > MAX_SIDE:
-                raise ValueError(f"{what} must be at most {MAX_SIDE}, got {value}")
+        validate_request(self.capabilities, width=width, height=height, steps=steps)
         if width * height > MAX_PIXELS:
             raise ValueError(
                 f"width x height must be at most {MAX_PIXELS} pixels (2048x2048), got {width}x{height}"
             )
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
 
     # -- the parts -----------------------------------------------------------------------------
 
@@ -147,19 +146,18 @@ class Flux2KleinPipeline:
 
     def generate(self, prompt: str, **kwargs) -> Image.Image:
         """One image; the arguments are `denoise`'s."""
-        tokens, rows, cols = self.denoise(prompt, **kwargs)
-        return self.decode(tokens, rows, cols)
+        with phase("denoise"):
+            tokens, rows, cols = self.denoise(prompt, **kwargs)
+        with phase("decode"):
+            return self.decode(tokens, rows, cols)
 
     def resolve_size(self, width, height, references) -> tuple[int, int]:
         """The size asked for; what is left out comes from the first reference image (as diffusers), else
         the default."""
         if references and (width is None or height is None):
-            w, h = references[0].size
-            if w * h > reference.MAX_AREA:
-                scale = (reference.MAX_AREA / (w * h)) ** 0.5
-                w, h = int(w * scale), int(h * scale)
-            width = w // self.size_unit * self.size_unit if width is None else width
-            height = h // self.size_unit * self.size_unit if height is None else height
+            w, h = reference.prepared_size(*references[0].size)
+            width = w if width is None else width
+            height = h if height is None else height
         return (
             self.defaults.width if width is None else width,
             self.defaults.height if height is None else height,
@@ -200,12 +198,14 @@ class Flux2KleinPipeline:
         _, features, rows, cols = grid.shape
         x = grid.reshape(1, features, rows * cols).transpose(0, 2, 1)  # packed: one token per position
 
-        ref_tokens = self.encode_references(references)
-        embeds = self.encode_prompt(prompt)
+        with phase("references"):
+            ref_tokens = self.encode_references(references)
         use_cfg = guidance > 1 and not self.distilled
-        if use_cfg:  # the base models guide against the empty prompt, in one batch with the prompt
-            embeds = mx.concatenate([embeds, self.encode_prompt("")])
-        cond = self.transformer.condition(embeds, rows, cols, ref_tokens)
+        with phase("text"):
+            embeds = self.encode_prompt(prompt)
+            if use_cfg:  # the base models guide against the empty prompt, in one batch with the prompt
+                embeds = mx.concatenate([embeds, self.encode_prompt("")])
+            cond = self.transformer.condition(embeds, rows, cols, ref_tokens)
 
         sig = schedule.sigmas(self.scheduler_config, steps, rows * cols)
         times = schedule.model_times(sig, self.scheduler_config.get("num_train_timesteps", 1000))

@@ -13,11 +13,12 @@ import math
 import numpy as np
 from PIL import Image
 
+from ollama_img.models.flux2 import MAX_REFERENCES
+
 MAX_AREA = 1024 * 1024  # larger references are scaled down to about this many pixels
 MIN_SIDE = 64
 MAX_ASPECT = 8
 MULTIPLE = 16  # the VAE's 8 times the 2x2 token patch
-MAX_REFERENCES = 10  # diffusers sets no limit; every reference adds up to 4096 tokens to each step
 
 
 def check(image, index: int) -> None:
@@ -43,14 +44,26 @@ def check_all(images: list) -> None:
         check(image, i)
 
 
+def scaled_size(width: int, height: int) -> tuple[int, int]:
+    """The size an image is scaled to first: down to about MAX_AREA pixels when larger."""
+    if width * height <= MAX_AREA:
+        return width, height
+    scale = math.sqrt(MAX_AREA / (width * height))
+    return int(width * scale), int(height * scale)
+
+
+def prepared_size(width: int, height: int) -> tuple[int, int]:
+    """The size of the prepared image: scaled, then cut to multiples of 16."""
+    width, height = scaled_size(width, height)
+    return width // MULTIPLE * MULTIPLE, height // MULTIPLE * MULTIPLE
+
+
 def prepare(image: Image.Image) -> np.ndarray:
     """(1, H, W, 3) float32 in [-1, 1], H and W multiples of 16."""
+    if scaled_size(*image.size) != image.size:
+        image = image.resize(scaled_size(*image.size), Image.Resampling.LANCZOS)
     width, height = image.size
-    if width * height > MAX_AREA:
-        scale = math.sqrt(MAX_AREA / (width * height))
-        image = image.resize((int(width * scale), int(height * scale)), Image.Resampling.LANCZOS)
-        width, height = image.size
-    crop_w, crop_h = width // MULTIPLE * MULTIPLE, height // MULTIPLE * MULTIPLE
+    crop_w, crop_h = prepared_size(width, height)
     left, top = (width - crop_w) // 2, (height - crop_h) // 2
     image = image.crop((left, top, left + crop_w, top + crop_h)).convert("RGB")
     pixels = np.asarray(image, dtype=np.float32) / 255.0

@@ -4,7 +4,7 @@ on the image's token count and the step count)."""
 
 import numpy as np
 
-from ollama_img.models.zimage.scheduler import shifted_sigmas
+from ollama_img.models import flow_match
 
 # Flux2KleinPipeline's fit of mu against image tokens, at 10 and at 200 steps (compute_empirical_mu).
 _SLOPE_10, _OFFSET_10 = 8.73809524e-05, 1.89833333
@@ -25,7 +25,7 @@ def empirical_mu(image_seq_len: int, steps: int) -> float:
 def sigmas(config: dict, steps: int, image_seq_len: int) -> np.ndarray:
     """The noise levels, float32, steps + 1 of them ending at 0, bit for bit as the scheduler's."""
     base = np.linspace(1.0, 1 / steps, steps)
-    return shifted_sigmas(config, base, empirical_mu(image_seq_len, steps))
+    return flow_match.sigmas(config, steps, image_seq_len, base=base, mu=empirical_mu(image_seq_len, steps))
 
 
 def model_times(sig: np.ndarray, num_train_timesteps: int = 1000) -> np.ndarray:

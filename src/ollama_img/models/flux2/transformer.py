@@ -21,68 +21,17 @@ What makes it fast, without changing the arithmetic:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ollama_img.models.flux2.config import TIME_CHANNELS, Flux2Config
+from ollama_img.models.loading import fuse_linears
 from ollama_img.models.zimage.attention_prep import qk_norm_rope
 from ollama_img.models.zimage.fused_ops import swiglu
-from ollama_img.models.zimage.transformer import (
-    SUBMIT_EVERY,
-    SUBMIT_MIN_TOKENS,
-    TimestepEmbedder,
-    fuse_linears,
-)
-
-TIME_CHANNELS = (
-    TimestepEmbedder.FREQ_DIM
-)  # sinusoidal timestep features (FLUX.2's timestep_guidance_channels)
-
-
-@dataclass(frozen=True)
-class Flux2Config:
-    """transformer/config.json; defaults are diffusers' (FLUX.2 [dev]), used for keys a config leaves out."""
-
-    in_channels: int = 128
-    out_channels: int | None = None
-    num_layers: int = 8
-    num_single_layers: int = 48
-    attention_head_dim: int = 128
-    num_attention_heads: int = 48
-    joint_attention_dim: int = 15360
-    timestep_guidance_channels: int = TIME_CHANNELS
-    mlp_ratio: float = 3.0
-    axes_dims_rope: tuple[int, ...] = (32, 32, 32, 32)
-    rope_theta: float = 2000.0
-    eps: float = 1e-6
-    guidance_embeds: bool = True
-
-    @classmethod
-    def from_dict(cls, cfg: dict) -> Flux2Config:
-        if cfg.get("patch_size", 1) != 1:
-            raise ValueError("only patch_size 1 is supported")
-        known = {f.name for f in fields(cls)}
-        c = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in known})
-        if c.timestep_guidance_channels != TIME_CHANNELS:
-            raise ValueError(f"timestep_guidance_channels must be {TIME_CHANNELS}")
-        if sum(c.axes_dims_rope) != c.attention_head_dim or any(d % 2 for d in c.axes_dims_rope):
-            raise ValueError("axes_dims_rope must be even and sum to attention_head_dim")
-        return c
-
-    @property
-    def dim(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
-
-    @property
-    def mlp_hidden(self) -> int:
-        return int(self.dim * self.mlp_ratio)
-
-    @property
-    def output_channels(self) -> int:
-        return self.out_channels or self.in_channels
-
+from ollama_img.models.zimage.transformer import SUBMIT_EVERY, SUBMIT_MIN_TOKENS, TimestepEmbedder
 
 # ---------------------------------------------------------------------------------------------
 # Positions and rotary tables
@@ -304,6 +253,7 @@ class TimeGuidanceEmbed(nn.Module):
             self.guidance_embedder = TimestepEmbedding(cfg.dim)
 
     def __call__(self, t: mx.array, dtype: mx.Dtype) -> mx.array:
+        # Z-Image's sinusoidal timestep features are FLUX.2's (TIME_CHANNELS of them, cosines first)
         return self.timestep_embedder(TimestepEmbedder.frequencies(t).astype(dtype))
 
 

@@ -11,6 +11,8 @@ from functools import cache
 
 import mlx.core as mx
 
+from ollama_img.backend import use_cuda_kernels
+
 # One warp per (batch, token, head): lanes 0-15 take q's 128 values, lanes 16-31 k's, each lane 16
 # bytes at a time (VEC values); RMS over the half-warp, rotate pairs, write (B, H, L, D); v is copied.
 _SOURCE = """
@@ -72,10 +74,6 @@ def _cuda_kernel(eps: float):
     )
 
 
-def use_cuda_kernel() -> bool:
-    return mx.default_device() == mx.gpu and mx.cuda.is_available()
-
-
 def rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, L, H, D) by per-token angles, in float32."""
     b, length, h, d = x.shape
@@ -111,7 +109,7 @@ def qk_norm_rope(
     """q, k, v as (B, H, L, D) from the fused projection qkv (B, L, 3 * H * D)."""
     b, length, three_dim = qkv.shape
     head_dim = three_dim // (3 * n_heads)
-    if not use_cuda_kernel() or head_dim % (16 * (16 // qkv.dtype.size)):
+    if not use_cuda_kernels() or head_dim % (16 * (16 // qkv.dtype.size)):
         return qk_norm_rope_plain(qkv, q_weight, k_weight, cos, sin, n_heads, eps)
     shape = (b, n_heads, length, head_dim)
     return _cuda_kernel(eps)(

@@ -14,7 +14,7 @@ from functools import cache
 import mlx.core as mx
 import mlx.nn as nn
 
-from ollama_img.models.zimage.attention_prep import use_cuda_kernel
+from ollama_img.backend import use_cuda_kernels
 
 # Both kernels move 16 bytes per load and store (8 bf16 or 4 float32 values): `VEC` elements.
 _ADD_NORM = """
@@ -115,7 +115,7 @@ def add_norm(x: mx.array, y: mx.array, w_y: mx.array, w_next: mx.array | None, e
     """(x + rms_norm(y, w_y), rms_norm(that, w_next) or None) for x, y (B, L, D)."""
     b, length, dim = x.shape
     threads = dim // _vec(x.dtype)
-    if not use_cuda_kernel() or x.dtype != y.dtype or dim % _vec(x.dtype) or threads % 32 or threads > 1024:
+    if not use_cuda_kernels() or x.dtype != y.dtype or dim % _vec(x.dtype) or threads % 32 or threads > 1024:
         x = x + mx.fast.rms_norm(y, w_y, eps)
         return x, (None if w_next is None else mx.fast.rms_norm(x, w_next, eps))
     with_next = w_next is not None
@@ -134,7 +134,7 @@ def add_norm(x: mx.array, y: mx.array, w_y: mx.array, w_next: mx.array | None, e
 
 def swiglu(gate_up: mx.array, hidden: int) -> mx.array:
     """silu(gate) * up for gate_up = [gate | up] along the last axis."""
-    if not use_cuda_kernel() or gate_up.ndim != 3 or hidden % _vec(gate_up.dtype):
+    if not use_cuda_kernels() or gate_up.ndim != 3 or hidden % _vec(gate_up.dtype):
         return nn.silu(gate_up[..., :hidden]) * gate_up[..., hidden:]
     b, length, _ = gate_up.shape
     threads = b * length * hidden // _vec(gate_up.dtype)

@@ -8,22 +8,22 @@ same image.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 from PIL import Image
 
-from ollama_img.models.zimage import scheduler
-from ollama_img.models.zimage.attention_prep import use_cuda_kernel
-from ollama_img.models.zimage.text_encoder import Qwen3TextEncoder
-from ollama_img.models.zimage.tokenizer import PromptTokenizer
-from ollama_img.models.zimage.transformer import PATCH, Caption, Modulation, ZImageTransformer
-from ollama_img.models.zimage.vae import AutoencoderKL
+from ollama_img.backend import compile_steps
+from ollama_img.models import flow_match
+from ollama_img.models.autoencoder_kl import AutoencoderKL
+from ollama_img.models.chat_tokenizer import ChatTokenizer
+from ollama_img.models.interface import Capabilities, Defaults, StepCallback, validate_request
+from ollama_img.models.qwen3 import Qwen3TextEncoder
+from ollama_img.models.zimage.config import PATCH
+from ollama_img.models.zimage.transformer import Caption, Modulation, ZImageTransformer
+from ollama_img.phases import phase
 from ollama_img.teacache import TeaCache
-
-StepCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -44,27 +44,21 @@ class Branch:
     batch: int
 
 
-@dataclass(frozen=True)
-class Defaults:
-    """Z-Image-Turbo's recipe: 9 steps (8 effective), no guidance."""
-
-    width: int = 1024
-    height: int = 1024
-    steps: int = 9
-    guidance: float = 0.0
+TURBO = Defaults(width=1024, height=1024, steps=9, guidance=0.0)  # Z-Image-Turbo: 9 steps (8 effective)
 
 
 class ZImagePipeline:
-    defaults = Defaults()
+    """Satisfies `ollama_img.models.interface.ImagePipeline`."""
 
     def __init__(
         self,
         *,
-        tokenizer: PromptTokenizer,
+        tokenizer: ChatTokenizer,
         text_encoder: Qwen3TextEncoder,
         transformer: ZImageTransformer,
         vae: AutoencoderKL,
         scheduler_config: dict,
+        capabilities: Capabilities,
         dtype: mx.Dtype,
         name: str,
         digest: str | None = None,
@@ -74,14 +68,12 @@ class ZImagePipeline:
         self.transformer = transformer
         self.vae = vae
         self.scheduler_config = scheduler_config
+        self.capabilities = capabilities
+        self.defaults = TURBO
         self.dtype = dtype
         self.name = name
         self.digest = digest
-        # mx.compile the step parts where fusing elementwise work pays: on Metal. On CUDA the fused
-        # kernels already do that work and the compiled step measured slower (H100, 1024x1024: 100.8 ms
-        # against 97.7 ms eager); on the CPU MLX compiles with the system C++ compiler, which costs more
-        # than it saves.
-        self.compile = mx.default_device() == mx.gpu and not use_cuda_kernel()
+        self.compile = compile_steps()
 
     # -- facts for the engine ------------------------------------------------------------------
 
@@ -99,17 +91,23 @@ class ZImagePipeline:
     def latent_scale(self) -> int:
         return self.vae.config.scale_factor
 
+    @property
+    def benefits_from_warm_up(self) -> bool:
+        """On a GPU the first image compiles kernels and sets up cuBLAS/cuDNN; the CPU has nothing to
+        compile (see `compile`), so warming up there would only keep the cores busy."""
+        return mx.default_device() == mx.gpu
+
+    def warm_up(self, width: int | None = None, height: int | None = None) -> None:
+        """Run every part once (text encoder, one transformer step, VAE decode) at this size, by default
+        the model's, so that the first request finds its kernels compiled, its GPU library plans made
+        and its buffers allocated. Uses no global random state: later images are unchanged."""
+        width = width or self.defaults.width
+        height = height or self.defaults.height
+        self.decode(self.denoise("warm-up", width=width, height=height, steps=1, seed=0))
+
     def validate(self, *, width: int, height: int, steps: int) -> None:
         """Raise ValueError with a message a user can act on when the request cannot run."""
-        unit = self.latent_scale * PATCH
-        axes = self.transformer.config.axes_lens
-        for what, value, limit in (("width", width, axes[2]), ("height", height, axes[1])):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % unit:
-                raise ValueError(f"{what} must be a positive multiple of {unit}, got {value!r}")
-            if value // unit > limit:
-                raise ValueError(f"{what} must be at most {limit * unit} for this model, got {value}")
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+        validate_request(self.capabilities, width=width, height=height, steps=steps)
 
     # -- the parts -----------------------------------------------------------------------------
 
@@ -137,16 +135,19 @@ class ZImagePipeline:
 
     def generate(self, prompt: str, **kwargs) -> Image.Image:
         """One image; the arguments are `denoise`'s."""
-        return self.decode(self.denoise(prompt, **kwargs))
+        with phase("denoise"):
+            latents = self.denoise(prompt, **kwargs)
+        with phase("decode"):
+            return self.decode(latents)
 
     def denoise(
         self,
         prompt: str,
         *,
-        width: int = Defaults.width,
-        height: int = Defaults.height,
-        steps: int = Defaults.steps,
-        guidance: float = Defaults.guidance,
+        width: int = TURBO.width,
+        height: int = TURBO.height,
+        steps: int = TURBO.steps,
+        guidance: float = TURBO.guidance,
         negative_prompt: str | None = None,
         seed: int | None = None,
         latents: np.ndarray | None = None,
@@ -177,17 +178,18 @@ class ZImagePipeline:
             x = self.initial_latents(width, height, secrets.randbits(32) if seed is None else seed)
 
         use_cfg = guidance > 0
-        positive = self._caption(self.encode_prompt(prompt))
-        plain = [Branch("positive", positive, 1)]
-        guided = (
-            self._guided_branches(positive, self._caption(self.encode_prompt(negative_prompt or "")))
-            if use_cfg
-            else plain
-        )
+        with phase("text"):
+            positive = self._caption(self.encode_prompt(prompt))
+            plain = [Branch("positive", positive, 1)]
+            guided = (
+                self._guided_branches(positive, self._caption(self.encode_prompt(negative_prompt or "")))
+                if use_cfg
+                else plain
+            )
 
         seq_len = (x.shape[2] // PATCH) * (x.shape[3] // PATCH)
-        sig = scheduler.sigmas(self.scheduler_config, steps, seq_len)
-        times = scheduler.model_times(sig)
+        sig = flow_match.sigmas(self.scheduler_config, steps, seq_len)
+        times = flow_match.model_times(sig)
         mods = self.transformer.modulations(mx.array(times), self.dtype)
         if isinstance(teacache, TeaCache):  # a caller's own cache (bench/teacache.py --fit probes with one)
             cache = teacache

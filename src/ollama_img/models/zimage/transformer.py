@@ -26,63 +26,13 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ollama_img.models.loading import fuse_linears
 from ollama_img.models.zimage.attention_prep import qk_norm_rope
+from ollama_img.models.zimage.config import PATCH, ZImageConfig
 from ollama_img.models.zimage.fused_ops import add_norm, swiglu
 
-ADALN_DIM = 256  # width of the timestep embedding that drives adaLN
 SEQ_MULTIPLE = 32  # every token group is padded to a multiple of this
-PATCH = 2
 QK_EPS = 1e-5
-
-
-@dataclass(frozen=True)
-class ZImageConfig:
-    dim: int = 3840
-    n_layers: int = 30
-    n_refiner_layers: int = 2
-    n_heads: int = 30
-    norm_eps: float = 1e-5
-    cap_feat_dim: int = 2560
-    axes_dims: tuple[int, ...] = (32, 48, 48)
-    axes_lens: tuple[int, ...] = (1024, 512, 512)
-    rope_theta: float = 256.0
-    t_scale: float = 1000.0
-    in_channels: int = 16
-
-    @classmethod
-    def from_dict(cls, cfg: dict) -> "ZImageConfig":
-        if list(cfg.get("all_patch_size", [2])) != [2] or list(cfg.get("all_f_patch_size", [1])) != [1]:
-            raise ValueError("only patch size 2 (frame patch 1) is supported")
-        if cfg.get("n_kv_heads", cfg.get("n_heads")) != cfg.get("n_heads"):
-            raise ValueError("n_kv_heads must equal n_heads")
-        if not cfg.get("qk_norm", True):
-            raise ValueError("only qk_norm=True is supported")
-        if cfg.get("siglip_feat_dim") is not None:
-            raise ValueError("the Omni (SigLIP) variant is not supported")
-        c = cls(
-            dim=cfg.get("dim", 3840),
-            n_layers=cfg.get("n_layers", 30),
-            n_refiner_layers=cfg.get("n_refiner_layers", 2),
-            n_heads=cfg.get("n_heads", 30),
-            norm_eps=cfg.get("norm_eps", 1e-5),
-            cap_feat_dim=cfg.get("cap_feat_dim", 2560),
-            axes_dims=tuple(cfg.get("axes_dims", (32, 48, 48))),
-            axes_lens=tuple(cfg.get("axes_lens", (1024, 512, 512))),
-            rope_theta=float(cfg.get("rope_theta", 256.0)),
-            t_scale=float(cfg.get("t_scale", 1000.0)),
-            in_channels=cfg.get("in_channels", 16),
-        )
-        if c.dim // c.n_heads != sum(c.axes_dims):
-            raise ValueError("head dim must equal sum(axes_dims)")
-        return c
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def adaln_dim(self) -> int:
-        return min(self.dim, ADALN_DIM)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,28 +81,6 @@ def image_rope(rows: int, cols: int, caption_padded_len: int, cfg: ZImageConfig)
 
 # ---------------------------------------------------------------------------------------------
 # Building blocks
-
-
-def fuse_linears(linears: list[nn.Module]) -> nn.Module:
-    """One layer computing the outputs of several bias-free layers that share their input, concatenated.
-
-    Works for plain and quantized layers: quantization groups run along the input dimension, so
-    packed weights, scales and biases concatenate along the output dimension.
-    """
-    first = linears[0]
-    if isinstance(first, nn.QuantizedLinear):
-        in_dims = first.weight.shape[1] * 32 // first.bits
-        fused = nn.QuantizedLinear(
-            in_dims, 1, bias=False, group_size=first.group_size, bits=first.bits, mode=first.mode
-        )
-        fused.weight = mx.concatenate([lin.weight for lin in linears], axis=0)
-        fused.scales = mx.concatenate([lin.scales for lin in linears], axis=0)
-        if first.get("biases") is not None:
-            fused.biases = mx.concatenate([lin.biases for lin in linears], axis=0)
-        return fused
-    fused = nn.Linear(1, 1, bias=False)
-    fused.weight = mx.concatenate([lin.weight for lin in linears], axis=0)
-    return fused
 
 
 class Attention(nn.Module):
@@ -284,7 +212,6 @@ def run_blocks(blocks: list[TransformerBlock], x, cos, sin, weights, submit: boo
 class FinalLayer(nn.Module):
     def __init__(self, dim: int, out_features: int, adaln_dim: int):
         super().__init__()
-        self.norm_final = nn.LayerNorm(dim, eps=1e-6, affine=False)
         self.linear = nn.Linear(dim, out_features)
         self.adaLN_modulation = [nn.SiLU(), nn.Linear(adaln_dim, dim)]
 

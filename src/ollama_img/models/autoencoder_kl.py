@@ -1,50 +1,17 @@
-"""AutoencoderKL (the Flux VAE configuration Z-Image uses) in MLX, channels-last.
+"""diffusers' AutoencoderKL in MLX, channels-last: its building blocks (shared by the VAEs of that
+style) and the model itself (the Flux VAE configuration of Z-Image).
 
-Names follow the diffusers checkpoint; the only change at load is the convolution weight layout,
-(out, in, kh, kw) in PyTorch and (out, kh, kw, in) in MLX. Group norms compute their statistics in
+Names follow the diffusers checkpoint (the loader turns convolution kernels into MLX's layout). Group
+norms compute their statistics in
 float32 whatever the activation dtype: over a 1024x1024 feature map a bf16 mean would drift.
 On the CPU, decoding runs block by block and large convolutions in strips, to bound the scratch
 memory that MLX's patch-unfolding convolutions need at full resolution.
 """
 
-from dataclasses import dataclass
-
 import mlx.core as mx
 import mlx.nn as nn
 
-
-@dataclass(frozen=True)
-class VaeConfig:
-    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
-    layers_per_block: int = 2
-    latent_channels: int = 16
-    norm_num_groups: int = 32
-    in_channels: int = 3
-    out_channels: int = 3
-    scaling_factor: float = 0.3611
-    shift_factor: float = 0.1159
-    mid_block_add_attention: bool = True
-
-    @classmethod
-    def from_dict(cls, cfg: dict) -> "VaeConfig":
-        if cfg.get("use_quant_conv") or cfg.get("use_post_quant_conv"):
-            raise ValueError("VAEs with quant convolutions are not supported")
-        return cls(
-            block_out_channels=tuple(cfg.get("block_out_channels", (128, 256, 512, 512))),
-            layers_per_block=cfg.get("layers_per_block", 2),
-            latent_channels=cfg.get("latent_channels", 16),
-            norm_num_groups=cfg.get("norm_num_groups", 32),
-            in_channels=cfg.get("in_channels", 3),
-            out_channels=cfg.get("out_channels", 3),
-            scaling_factor=float(cfg.get("scaling_factor", 0.3611)),
-            shift_factor=float(cfg.get("shift_factor") or 0.0),
-            mid_block_add_attention=cfg.get("mid_block_add_attention", True),
-        )
-
-    @property
-    def scale_factor(self) -> int:
-        """Pixels per latent along each side."""
-        return 2 ** (len(self.block_out_channels) - 1)
+from ollama_img.models.configs import AutoencoderKLConfig
 
 
 class GroupNorm(nn.Module):
@@ -198,7 +165,7 @@ class DownEncoderBlock2D(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: VaeConfig):
+    def __init__(self, cfg: AutoencoderKLConfig):
         super().__init__()
         ch, g = cfg.block_out_channels, cfg.norm_num_groups
         self.conv_in = Conv2d(cfg.latent_channels, ch[-1], 3, padding=1)
@@ -221,7 +188,7 @@ class Decoder(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: VaeConfig):
+    def __init__(self, cfg: AutoencoderKLConfig):
         super().__init__()
         ch, g = cfg.block_out_channels, cfg.norm_num_groups
         self.conv_in = Conv2d(cfg.in_channels, ch[0], 3, padding=1)
@@ -242,7 +209,7 @@ class Encoder(nn.Module):
 
 
 class AutoencoderKL(nn.Module):
-    def __init__(self, cfg: VaeConfig):
+    def __init__(self, cfg: AutoencoderKLConfig):
         super().__init__()
         self.config = cfg
         self.encoder = Encoder(cfg)
@@ -261,17 +228,16 @@ class AutoencoderKL(nn.Module):
             return self._decode(latents)
         return self._decode_eager(latents)
 
+    @property
+    def shift(self) -> float:
+        return self.config.shift_factor or 0.0
+
     def _decode_eager(self, latents: mx.array) -> mx.array:
-        z = latents / self.config.scaling_factor + self.config.shift_factor
+        z = latents / self.config.scaling_factor + self.shift
         return self.decoder(z.transpose(0, 2, 3, 1))
 
     def encode(self, images: mx.array) -> mx.array:
         """Images (B, H, W, 3) in [-1, 1] -> scaled latents (B, C, h, w): the mode of the posterior."""
         moments = self.encoder(images)
         mean = moments[..., : self.config.latent_channels]
-        return ((mean - self.config.shift_factor) * self.config.scaling_factor).transpose(0, 3, 1, 2)
-
-    @staticmethod
-    def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
-        """PyTorch conv kernels (out, in, kh, kw) -> MLX (out, kh, kw, in)."""
-        return {k: v.transpose(0, 2, 3, 1) if v.ndim == 4 else v for k, v in weights.items()}
+        return ((mean - self.shift) * self.config.scaling_factor).transpose(0, 3, 1, 2)

@@ -1,0 +1,283 @@
+"""Loading a checkpoint into MLX modules, the same way for every family.
+
+A family builds each module from its config and hands it, with its component's folder name, to a
+`ComponentLoader`, which
+
+- maps names: a module may define `parameter_name(checkpoint_name) -> str | None`, its own name for a
+  tensor of the checkpoint (None: a tensor it does not use); quantized weights' companions
+  (`<base>.scales`, `<base>.biases`) are real tensors of the component and are mapped the same way;
+- transposes PyTorch convolution kernels, (out, in, kh, kw), into MLX's (out, kh, kw, in);
+- loads strictly: every parameter gets a tensor of its shape and every tensor a parameter;
+- computes in one dtype (`compute_dtype`), casting all but Linear weights to it;
+- runs quantized Linear weights one of three ways, picked per back end and mode by
+  `ollama_img.quantization.loading_strategy`:
+  - `QUANTIZED_MATMUL`: `nn.QuantizedLinear`, MLX's quantized matmul on the packed weights;
+  - `DEQUANTIZE_PER_CALL`: `DequantizingLinear`, packed weights dequantized in every call and multiplied
+    with a plain matmul: the quantized model's memory at about a plain matmul's speed where MLX's
+    quantized matmul is slow for the mode (dequantizing costs O(weights), the matmul O(tokens x weights));
+  - `DEQUANTIZE_AT_LOAD`: plain `nn.Linear` weights dequantized once while loading: a plain matmul's
+    speed, the unquantized model's memory;
+- fuses after loading, when asked (`fuse_linears` makes one layer of several that share their input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_unflatten
+
+from ollama_img.backend import platform_backend
+from ollama_img.errors import UserError
+from ollama_img.phases import phase
+from ollama_img.quantization import (
+    DEQUANTIZE_AT_LOAD,
+    DEQUANTIZE_PER_CALL,
+    MODES,
+    QUANTIZED_MATMUL,
+    STRATEGIES,
+    QuantParams,
+    loading_strategy,
+)
+from ollama_img.weights import ComponentWeights, WeightSource
+
+__all__ = [
+    "DEQUANTIZE_AT_LOAD",
+    "DEQUANTIZE_PER_CALL",
+    "QUANTIZED_MATMUL",
+    "STRATEGIES",
+    "ComponentLoader",
+    "DequantizingLinear",
+    "compute_dtype",
+    "fuse_linears",
+]
+
+MX_DTYPES = {"BF16": mx.bfloat16, "F16": mx.float16, "F32": mx.float32}
+M = TypeVar("M", bound=nn.Module)
+
+
+def compute_dtype(checkpoint_dtype: mx.Dtype) -> mx.Dtype:
+    """The checkpoint's dtype on a GPU; float32 on the CPU.
+
+    MLX's CPU back end has no fast half-precision matmul (bf16 runs no faster than float32 there) and
+    bf16 arithmetic would only lose accuracy, so the CPU computes in float32. Linear weights keep the
+    checkpoint's dtype even then: bf16 -> float32 is exact, MLX promotes them per product, and the
+    model needs half the memory.
+    """
+    return checkpoint_dtype if mx.default_device() == mx.gpu else mx.float32
+
+
+def checkpoint_dtype(weights: ComponentWeights) -> mx.Dtype:
+    """The dtype of a component's floating-point tensors (packed quantized weights are integers)."""
+    for name, value in weights.tensors.items():
+        if mx.issubdtype(value.dtype, mx.floating) and not name.endswith((".scales", ".biases")):
+            return value.dtype
+    return mx.bfloat16
+
+
+class ComponentLoader:
+    """Loads the components of one weight source into modules, in one compute dtype.
+
+    `dtype` None takes `compute_dtype` of the first component loaded. `quantized` (one of `STRATEGIES`)
+    forces one way of running every quantized weight (benchmarks, tests); None picks per back end.
+    """
+
+    def __init__(self, source: WeightSource, *, dtype: mx.Dtype | None = None, quantized: str | None = None):
+        if quantized is not None and quantized not in STRATEGIES:
+            raise ValueError(f"quantized must be one of {STRATEGIES}, got {quantized!r}")
+        self.source = source
+        self.dtype = dtype
+        self._forced = quantized
+        self._backend = platform_backend()
+
+    def strategy(self, mode: str) -> str:
+        """How weights quantized in `mode` run here."""
+        return self._forced or loading_strategy(self._backend, mode)
+
+    def config(self, build: Callable[[dict], object], relpath: str):
+        """`build(config.json object)` for a component's config, or a UserError naming the model."""
+        try:
+            return build(self.source.read_json(relpath))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{self.source.label}: unsupported or invalid configuration ({exc})") from None
+
+    def load(self, component: str, module: M, *, fuse: Callable[[M], None] | None = None) -> M:
+        """Load `component`'s weights into `module` (evaluated, ready to run); `fuse(module)` runs after
+        loading and before quantized layers take their final form."""
+        weights = self.source.weights(component)
+        stored_dtype = checkpoint_dtype(weights)
+        if self.dtype is None:
+            self.dtype = compute_dtype(stored_dtype)
+        label = f"{self.source.label} {component}"
+        tensors, quantized = _module_names(module, weights)
+        del weights
+        at_load = {base: p for base, p in quantized.items() if self.strategy(p.mode) == DEQUANTIZE_AT_LOAD}
+        if at_load:
+            tensors = dequantize_weights(tensors, at_load)
+        use_quantized_linears(module, {b: p for b, p in quantized.items() if b not in at_load}, label)
+        _load_strictly(module, tensors, self.dtype, label)
+        del tensors
+        if fuse is not None:
+            fuse(module)
+        per_call = {mode for mode in MODES if self.strategy(mode) == DEQUANTIZE_PER_CALL}
+        use_dequantizing_linears(module, per_call, _linear_dtype(stored_dtype, self.dtype))
+        with phase("eval"):
+            mx.eval(module.parameters())
+        return module
+
+
+def _module_names(module: nn.Module, weights: ComponentWeights):
+    """The component's tensors and quantized weights under the module's names, conv kernels in MLX's layout."""
+    rename = getattr(module, "parameter_name", None) or (lambda name: name)
+    convs = {f"{path}.weight" for path, m in module.named_modules() if isinstance(m, nn.Conv2d)}
+    tensors = {}
+    for name, value in weights.tensors.items():
+        mapped = rename(name)
+        if mapped is None:
+            continue
+        if mapped in convs and value.ndim == 4:
+            value = value.transpose(0, 2, 3, 1)
+        tensors[mapped] = value
+    quantized = {}
+    for base, params in weights.quantized.items():
+        mapped = rename(f"{base}.scales")  # every quantized weight has its scales tensor
+        if mapped is not None:
+            quantized[mapped.removesuffix(".scales")] = params
+    return tensors, quantized
+
+
+def _load_strictly(module: nn.Module, weights: dict[str, mx.array], dtype: mx.Dtype, label: str) -> None:
+    """Every parameter from `weights`; all but Linear weights (plain or quantized) cast to `dtype`."""
+    keep_dtype = {f"{path}.weight" for path, m in module.named_modules() if isinstance(m, nn.Linear)}
+    for path, m in module.named_modules():
+        if isinstance(m, nn.QuantizedLinear):
+            keep_dtype.update(f"{path}.{key}" for key in ("weight", "scales", "biases"))
+    cast = {}
+    for name, value in weights.items():
+        floating = mx.issubdtype(value.dtype, mx.floating)
+        keep = not floating or (name in keep_dtype and mx.finfo(value.dtype).bits <= mx.finfo(dtype).bits)
+        cast[name] = value if keep or value.dtype == dtype else value.astype(dtype)
+    try:
+        module.load_weights(list(cast.items()), strict=True)
+    except ValueError as exc:
+        raise UserError(f"{label}: weights do not match the model's configuration ({exc})") from None
+    with phase("eval"):  # the weights' bytes are read (mmap) and moved to the device here
+        mx.eval(module.parameters())
+
+
+def _linear_dtype(checkpoint: mx.Dtype, compute: mx.Dtype) -> mx.Dtype:
+    """What plain Linear weights hold after loading: the checkpoint's dtype unless the compute dtype is
+    narrower."""
+    return checkpoint if mx.finfo(checkpoint).bits <= mx.finfo(compute).bits else compute
+
+
+def fuse_linears(linears: list[nn.Module]) -> nn.Module:
+    """One layer computing the outputs of several bias-free layers that share their input, concatenated.
+
+    Works for plain and quantized layers: quantization groups run along the input dimension, so
+    packed weights, scales and biases concatenate along the output dimension.
+    """
+    first = linears[0]
+    if isinstance(first, nn.QuantizedLinear):
+        in_dims = first.weight.shape[1] * 32 // first.bits
+        fused = nn.QuantizedLinear(
+            in_dims, 1, bias=False, group_size=first.group_size, bits=first.bits, mode=first.mode
+        )
+        fused.weight = mx.concatenate([lin.weight for lin in linears], axis=0)
+        fused.scales = mx.concatenate([lin.scales for lin in linears], axis=0)
+        if first.get("biases") is not None:
+            fused.biases = mx.concatenate([lin.biases for lin in linears], axis=0)
+        return fused
+    fused = nn.Linear(1, 1, bias=False)
+    fused.weight = mx.concatenate([lin.weight for lin in linears], axis=0)
+    return fused
+
+
+class DequantizingLinear(nn.QuantizedLinear):
+    """A QuantizedLinear that dequantizes its weight in each call and runs a plain matmul."""
+
+    weight_dtype: mx.Dtype = mx.bfloat16  # what the weight dequantizes to (the checkpoint's dtype)
+
+    @classmethod
+    def from_quantized(cls, layer: nn.QuantizedLinear, weight_dtype: mx.Dtype) -> DequantizingLinear:
+        out_dims, packed = layer.weight.shape
+        new = cls(
+            packed * 32 // layer.bits,
+            out_dims,
+            bias="bias" in layer,
+            group_size=layer.group_size,
+            bits=layer.bits,
+            mode=layer.mode,
+        )
+        new.weight, new.scales = layer.weight, layer.scales
+        new.biases = layer.get("biases")
+        if "bias" in layer:
+            new.bias = layer.bias
+        new.weight_dtype = weight_dtype
+        return new
+
+    def __call__(self, x: mx.array) -> mx.array:
+        weight = mx.dequantize(
+            self["weight"],
+            self["scales"],
+            self.get("biases"),
+            group_size=self.group_size,
+            bits=self.bits,
+            mode=self.mode,
+            dtype=self.weight_dtype,
+        )
+        y = x @ weight.T
+        return y + self["bias"] if "bias" in self else y
+
+
+def use_quantized_linears(module: nn.Module, quantized: dict[str, QuantParams], label: str) -> None:
+    """Before loading: swap each Linear whose weight is stored quantized for a QuantizedLinear of its shape."""
+    linears = {path: m for path, m in module.named_modules() if isinstance(m, nn.Linear)}
+    swaps = []
+    for path, params in quantized.items():
+        linear = linears.get(path)
+        if linear is None:
+            raise UserError(f"{label}: {path} is stored quantized but is not a Linear layer of this model")
+        out_dims, in_dims = linear.weight.shape
+        layer = nn.QuantizedLinear(
+            in_dims,
+            out_dims,
+            bias="bias" in linear,
+            group_size=params.group_size,
+            bits=params.bits,
+            mode=params.mode,
+        )
+        swaps.append((path, layer))
+    module.update_modules(tree_unflatten(swaps))
+
+
+def dequantize_weights(
+    weights: dict[str, mx.array], quantized: dict[str, QuantParams]
+) -> dict[str, mx.array]:
+    """The weights with each quantized one turned back into a plain matrix of its logical dtype."""
+    weights = dict(weights)
+    for base, params in quantized.items():
+        weights[f"{base}.weight"] = mx.dequantize(
+            weights.pop(f"{base}.weight"),
+            weights.pop(f"{base}.scales"),
+            weights.pop(f"{base}.biases", None),
+            group_size=params.group_size,
+            bits=params.bits,
+            mode=params.mode,
+            dtype=MX_DTYPES[params.dtype],
+        )
+    return weights
+
+
+def use_dequantizing_linears(module: nn.Module, modes: set[str], weight_dtype: mx.Dtype) -> int:
+    """After loading (and fusing): turn the QuantizedLinear layers of `modes` into DequantizingLinear ones."""
+    swaps = [
+        (path, DequantizingLinear.from_quantized(m, weight_dtype))
+        for path, m in module.named_modules()
+        if type(m) is nn.QuantizedLinear and m.mode in modes
+    ]
+    if swaps:
+        module.update_modules(tree_unflatten(swaps))
+    return len(swaps)
