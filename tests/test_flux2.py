@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.fixtures.pipeline_contract import check_on_step, check_seeds
 from tests.test_flux2_parity import PROMPT, noise, picture, rel_err
 
 pytest.importorskip("torch")
@@ -41,28 +42,11 @@ def test_warm_up_leaves_the_next_image_unchanged(pipe):
 
 
 def test_on_step_is_called_after_every_step_and_can_stop_the_run(pipe):
-    calls = []
-    pipe.generate(PROMPT, width=32, height=32, steps=3, seed=5, on_step=lambda k, n: calls.append((k, n)))
-    assert calls == [(1, 3), (2, 3), (3, 3)]
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_two(k, n):
-        if k == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        pipe.generate(PROMPT, width=32, height=32, steps=5, seed=5, on_step=stop_at_two)
+    check_on_step(pipe, PROMPT, width=32, height=32)
 
 
 def test_same_seed_same_image_other_seed_other_image(pipe):
-    a = np.asarray(pipe.generate(PROMPT, width=32, height=48, steps=1, seed=42))
-    b = np.asarray(pipe.generate(PROMPT, width=32, height=48, steps=1, seed=42))
-    c = np.asarray(pipe.generate(PROMPT, width=32, height=48, steps=1, seed=43))
-    assert a.shape == (48, 32, 3)
-    assert np.array_equal(a, b)
-    assert not np.array_equal(a, c)
+    check_seeds(pipe, PROMPT, steps=1, width=32, height=48)
 
 
 def test_the_size_left_out_comes_from_the_first_reference_image(pipe):
