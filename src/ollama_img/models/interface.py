@@ -113,6 +113,8 @@ class Defaults:
     height: int
     steps: int
     guidance: float | None = None  # None: the model takes no guidance scale
+    strength: float | None = None  # from a start image; None: the model takes none
+    mask_strength: float | None = None  # from a start image and a mask
 
 
 def validate_request(capabilities: Capabilities, *, width: int, height: int, steps: int) -> None:
