@@ -9,43 +9,11 @@ mean), so the noise is the only randomness and it is shared. Images are held to 
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
+from tests.fixtures.images import irregular_mask, picture, rectangle_mask
 from tests.test_parity import PROMPT, assert_images_close, noise, rel_err
 
 torch = pytest.importorskip("torch")
-
-
-def start_image(width: int, height: int, seed: int = 0) -> Image.Image:
-    """A picture with structure (gradients, shapes, a little texture) rather than flat noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack(
-        [120 + 100 * np.sin(x / 9 + seed), 120 + 100 * np.cos(y / 7), 60 + 150 * (x + y) / (width + height)],
-        -1,
-    )
-    image = Image.fromarray(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((width * 0.2, height * 0.25, width * 0.6, height * 0.7), fill=(230, 40, 40))
-    draw.rectangle((width * 0.55, height * 0.1, width * 0.9, height * 0.45), fill=(30, 200, 90))
-    return image
-
-
-def rectangle_mask(width: int, height: int) -> Image.Image:
-    mask = Image.new("L", (width, height), 0)
-    ImageDraw.Draw(mask).rectangle((width // 4, height // 4, width * 3 // 4 - 1, height // 2 + 7), fill=255)
-    return mask
-
-
-def irregular_mask(width: int, height: int) -> Image.Image:
-    """A blob with ragged, grey-shaded edges: the binarising and the nearest-neighbour resize matter."""
-    mask = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(mask)
-    draw.polygon([(3, 5), (width * 0.7, 2), (width - 4, height * 0.6), (width * 0.4, height - 3)], fill=200)
-    draw.ellipse((width * 0.1, height * 0.5, width * 0.45, height * 0.95), fill=110)
-    rng = np.random.default_rng(7)
-    values = np.asarray(mask, dtype=np.int16) + rng.integers(-40, 40, (height, width))
-    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L")
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +52,8 @@ def ours(pipe, **kwargs) -> tuple[np.ndarray, np.ndarray]:
 
 
 IMG2IMG = {
-    "strength-0.3": dict(image=(64, 64), strength=0.3, steps=5),
-    "strength-0.6": dict(image=(64, 64), strength=0.6, steps=5),  # 5 * 0.6 = 3.0000000000000004: 4 steps run
+    "strength-0.3": dict(image=(64, 64), strength=0.3, steps=5),  # starts at int(5 - 1.5) = step 3
+    "strength-0.6": dict(image=(64, 64), strength=0.6, steps=9),  # Turbo's 9 steps: starts at int(3.6) = 3
     "strength-1.0": dict(image=(64, 64), strength=1.0, steps=4),
     "non-square": dict(image=(80, 48), strength=0.6, steps=4),
     # sides rounded down to 16 (83x50 -> 80x48) and a Lanczos resize, as diffusers' processor does
@@ -97,7 +65,7 @@ IMG2IMG = {
 def test_image_to_image_matches_diffusers(monkeypatch, mlx_pipe, reference_edit, case):
     c = IMG2IMG[case]
     (w, h), steps, strength = c["image"], c["steps"], c["strength"]
-    image = start_image(w, h, seed=len(case))
+    image = picture(w, h, seed=len(case))
     out_w, out_h = w - w % 16, h - h % 16
     drawn = noise((1, 16, out_h // 8, out_w // 8), seed=hash(case) % 1000)
     guidance, negative = c.get("guidance", 0.0), c.get("negative")
@@ -132,7 +100,7 @@ INPAINT = {
 def test_inpainting_matches_diffusers(monkeypatch, mlx_pipe, reference_edit, case):
     c = INPAINT[case]
     (w, h), steps = c["size"], c["steps"]
-    image, mask = start_image(w, h, seed=3), c["mask"](w, h)
+    image, mask = picture(w, h, seed=3), c["mask"](w, h)
     drawn = noise((1, 16, h // 8, w // 8), seed=hash(case) % 1000)
     strength = {"strength": c["strength"]} if "strength" in c else {}  # else both default to 1.0
     ref_lat, ref_img = run_reference(

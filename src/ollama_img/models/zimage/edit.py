@@ -21,10 +21,10 @@ import numpy as np
 from PIL import Image
 
 from ollama_img.image_input import mask_grey, oriented_size, to_rgb
+from ollama_img.models.interface import MIN_STRENGTH
 
 IMAGE_STRENGTH = 0.6  # ZImageImg2ImgPipeline's default
 INPAINT_STRENGTH = 1.0  # ZImageInpaintPipeline's default
-MIN_STRENGTH = 1e-6  # below this, steps * strength rounds away and no step would run
 
 
 def start_size(image: Image.Image, unit: int) -> tuple[int, int]:
