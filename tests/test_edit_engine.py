@@ -11,10 +11,7 @@ import io
 import json
 import os
 import re
-import select
 import signal
-import subprocess
-import time
 
 import httpx
 import pytest
@@ -214,40 +211,14 @@ def test_run_with_image_mask_and_strength(world):
 
 
 def test_an_image_path_in_an_interactive_line_is_its_start_image(world):
-    import pty
-
-    leader, follower = pty.openpty()
-    session = subprocess.Popen(
-        world.command("run", "z-image", "--steps", "1", "-o", str(world.work)),
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-        env={**world.env, "TERM": "dumb"},
-        cwd=world.work,
-    )
-    os.close(follower)
-    seen = b""
-
-    def read_until(marker: bytes, timeout: float = 60):
-        nonlocal seen
-        deadline = time.monotonic() + timeout
-        while marker not in seen:
-            assert time.monotonic() < deadline, f"no {marker!r} in {seen[-500:]!r}"
-            if select.select([leader], [], [], 0.5)[0]:
-                seen += os.read(leader, 4096)
-
-    try:
-        read_until(b">>> ")
-        os.write(leader, f"turn {world.work}/start.png into a painting\n".encode())
-        read_until(b"Image saved to: ")
-        read_until(b">>> ")
-        os.write(leader, b"/bye\n")
-        assert session.wait(timeout=30) == 0
-    finally:
-        if session.poll() is None:
-            session.kill()
-            session.wait()
-        os.close(leader)
+    with world.terminal("run", "z-image", "--steps", "1", "-o", str(world.work)) as session:
+        session.read_until(b">>> ")
+        session.type(f"turn {world.work}/start.png into a painting")
+        session.read_until(b"Image saved to: ")
+        session.read_until(b">>> ")
+        session.type("/bye")
+        assert session.process.wait(timeout=30) == 0
+        seen = session.seen
     assert f"Added image '{world.work}/start.png'".encode() in seen
     path = re.search(rb"Image saved to: (\S+\.png)", seen).group(1).decode()
     recipe = read_png_text(path)
