@@ -137,3 +137,12 @@ def test_masks_white_repaints_or_openai_transparent_repaints():
     opaque = Image.new("RGBA", (2, 1), (255, 255, 255, 255))
     assert image_input.mask_grey(opaque).mode == "RGB"  # no transparency: its colours are the mask
     assert image_input.mask_grey(Image.new("1", (2, 1), 1)).mode == "L"
+
+
+def test_sizes_are_read_without_decoding():
+    """The checks before the queue (mask size, the size an edit makes) read headers only."""
+    item = image_input.read(png_bytes(picture(48, 32)), "x")
+    assert item.size == (48, 32)
+    assert item.picture.tile  # still to decode (PIL empties `tile` once it has loaded the pixels)
+    item.decoded()
+    assert not item.picture.tile

@@ -122,10 +122,16 @@ def decode(picture: Image.Image, name: str) -> Image.Image:
 
 
 def oriented_size(picture: Image.Image) -> tuple[int, int]:
-    """(width, height) after the EXIF orientation is applied (orientations 5 to 8 turn it a quarter)."""
+    """(width, height) after the EXIF orientation is applied (orientations 5 to 8 turn it a quarter).
+    Read from the EXIF the header held: `getexif()` would decode a PNG's pixels to look further."""
+    from PIL import Image
+
     width, height = picture.size
     try:
-        orientation = picture.getexif().get(EXIF_ORIENTATION)
+        exif = Image.Exif()
+        if picture.info.get("exif"):
+            exif.load(picture.info["exif"])
+        orientation = exif.get(EXIF_ORIENTATION)
     except Exception:  # unreadable EXIF is no orientation (as exif_transpose treats it)
         orientation = None
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)

@@ -111,11 +111,14 @@ class ZImagePipeline:
         """The size `generate` makes: each side as asked, else the start image's rounded down to the size
         unit (as diffusers' image processor rounds it), else the default."""
         if image is None or (width is not None and height is not None):
-            return width or self.defaults.width, height or self.defaults.height
+            return (
+                self.defaults.width if width is None else width,
+                self.defaults.height if height is None else height,
+            )
         unit = self.capabilities.sizes.unit
         own_width, own_height = edit.start_size(image, unit)
         limits = self.capabilities.sizes
-        shown = "x".join(map(str, image.size))
+        shown = "x".join(map(str, oriented_size(image)))
         if min(own_width, own_height) < unit:
             raise ValueError(f"the start image is {shown}: each side must be at least {unit}, or ask a size")
         if own_width > limits.max_width or own_height > limits.max_height:
@@ -123,7 +126,7 @@ class ZImagePipeline:
                 f"the start image is {shown}, larger than this model makes "
                 f"({limits.max_width}x{limits.max_height}): ask a smaller size"
             )
-        return width or own_width, height or own_height
+        return own_width if width is None else width, own_height if height is None else height
 
     # -- the parts -----------------------------------------------------------------------------
 
