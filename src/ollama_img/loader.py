@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ollama_img.backend import require_mlx
 from ollama_img.models import architecture_for
+from ollama_img.phases import phase
 from ollama_img.weights import open_source
 
 
@@ -15,7 +16,10 @@ def load_pipeline(name_or_folder: str | Path, *, store=None, dtype=None):
 
     `dtype` overrides the compute dtype (default: the checkpoint's on a GPU, float32 on the CPU).
     """
-    require_mlx()
-    source = open_source(name_or_folder, store)
-    arch = architecture_for(source.read_json("model_index.json").get("_class_name"))
-    return importlib.import_module(arch.loader).load(source, dtype=dtype)
+    with phase("resolve"):
+        require_mlx()
+        source = open_source(name_or_folder, store)
+        arch = architecture_for(source.read_json("model_index.json").get("_class_name"))
+        module = importlib.import_module(arch.loader)
+    with phase("build"):  # what the loader does not mark as read or eval
+        return module.load(source, dtype=dtype)

@@ -2,19 +2,22 @@
 
 import sys
 
-import click
 import typer
 
 from ollama_img import __version__
 from ollama_img.errors import UserError
 
-try:  # typer >= 0.20 ships its own copy of click, whose exceptions are not click's
-    from typer._click.exceptions import ClickException as _VendoredClickException
-except ImportError:  # pragma: no cover (older typer uses click itself)
-    _VendoredClickException = click.ClickException
+try:  # typer >= 0.26 ships its own copy of click: importing click itself too would double the start-up
+    from typer._click.exceptions import ClickException as _ClickException
 
-_USAGE_ERRORS = (click.ClickException, _VendoredClickException)
-_ABORTS = (click.exceptions.Abort, typer.Abort)
+    _ABORTS: tuple[type[BaseException], ...] = (typer.Abort,)
+except ImportError:  # pragma: no cover (older typer uses click itself)
+    from click.exceptions import Abort as _ClickAbort
+    from click.exceptions import ClickException as _ClickException
+
+    _ABORTS = (_ClickAbort, typer.Abort)
+
+_USAGE_ERRORS = (_ClickException,)
 
 app = typer.Typer(
     name="ollama-img",

@@ -24,7 +24,6 @@ from ollama_img.cli import outputs
 from ollama_img.cli.app import OPTIONAL_VALUES, app
 from ollama_img.cli.completion import complete_model_names
 from ollama_img.cli.image_files import encoded, take_images
-from ollama_img.cli.progress import make_progress
 from ollama_img.engine.params import generate_params, parse_size
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
@@ -111,15 +110,24 @@ def engine_events(body: dict) -> Iterator[dict]:
 
 
 def generate(options: RunOptions, prompt: str | None) -> dict:
-    """Run one request with progress on stderr; returns the engine's final object."""
-    progress = make_progress(sys.stderr)
+    """Run one request with progress on stderr; returns the engine's final object.
+
+    The progress display (rich) is imported once the first event is in, so that its import overlaps
+    the engine's work instead of delaying the request."""
+    progress = None
     try:
         with contextlib.closing(engine_events(options.request(prompt))) as events:
             for event in events:
-                if not event.get("done"):
-                    progress.update(event)
+                if event.get("done"):
+                    continue
+                if progress is None:
+                    from ollama_img.cli.progress import make_progress
+
+                    progress = make_progress(sys.stderr)
+                progress.update(event)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
     return event  # the client raises unless the stream ends with the final object
 
 

@@ -1,23 +1,30 @@
-"""`create`, `list`, `show`, `rm`, `cp`: commands that work on the model store alone (no engine; MLX only to quantize)."""
+"""`create`, `list`, `show`, `rm`, `cp`: commands that work on the model store alone (no engine; MLX only to quantize).
+
+The store and rich are imported inside the commands that use them: every command module is imported
+for `--help` and `ps` too, which must start fast.
+"""
+
+from __future__ import annotations
 
 import datetime
 import json
 import textwrap
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from ollama_img.backend import require_mlx
 from ollama_img.cli.app import app
 from ollama_img.cli.transfer_progress import TransferDisplay
 from ollama_img.errors import UserError
 from ollama_img.formatting import human_age, human_bytes, human_count, table
-from ollama_img.models.interface import Capabilities
 from ollama_img.names import ModelName
 from ollama_img.quantization import TYPES, parse_quant_type
-from ollama_img.store import Store, import_folder, inspect_folder, plan_from_model
-from ollama_img.store.config import QuantizationRecord
+
+if TYPE_CHECKING:
+    from ollama_img.models.interface import Capabilities
+    from ollama_img.store.config import QuantizationRecord
 
 
 @app.command()
@@ -38,6 +45,8 @@ def create(
     ),
 ):
     """Import a diffusers model folder into the store under NAME (or quantize a stored model)."""
+    from ollama_img.store import Store, import_folder, inspect_folder, plan_from_model
+
     model = ModelName.parse(name)
     quant = parse_quant_type(quantize) if quantize is not None else None
     store = Store()
@@ -52,6 +61,8 @@ def create(
     else:
         plan = inspect_folder(folder if folder is not None else Path.cwd())
     if quant is not None:
+        from ollama_img.backend import require_mlx
+
         plan.architecture.quantization_rule()
         require_mlx()  # quantizing runs MLX: fail before the store is touched if it cannot
     started = time.monotonic()
@@ -74,6 +85,8 @@ def create(
 @app.command("list")
 def list_models():
     """List the models in the store."""
+    from ollama_img.store import Store
+
     rows = [["NAME", "ID", "FAMILY", "SIZE", "MODIFIED"]]
     for entry in Store().list():
         if entry.manifest is None:
@@ -97,6 +110,8 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the model's description as JSON."),
 ):
     """Show a model's architecture, parameters, quantization, capabilities and components."""
+    from ollama_img.store import Store
+
     model = ModelName.parse(name)
     store = Store()
     manifest = store.manifest(model)
@@ -193,6 +208,8 @@ def _capability_rows(capabilities: Capabilities) -> list[tuple[str, str]]:
 @app.command()
 def rm(names: list[str] = typer.Argument(..., help="Model names to remove.")):
     """Remove models, and every blob no remaining model uses."""
+    from ollama_img.store import Store
+
     removal = Store().remove([ModelName.parse(n) for n in names])
     for name in removal.removed:
         print(f"deleted '{name}'")
@@ -208,6 +225,8 @@ def cp(
     destination: str = typer.Argument(..., help="The new name."),
 ):
     """Copy a model to a new name (no blob is copied: both names share them)."""
+    from ollama_img.store import Store
+
     src, dst = ModelName.parse(source), ModelName.parse(destination)
     Store().copy(src, dst)
     print(f"copied '{src}' to '{dst}'")

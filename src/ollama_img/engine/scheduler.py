@@ -16,6 +16,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ollama_img.engine import warmup
 from ollama_img.engine.jobs import (
     CANCELLED,
     DONE,
@@ -51,6 +52,7 @@ class LoadedModel:
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
     stop_requested: bool = False  # `stop` came while a job ran: unload when it ends
+    warm: bool = False  # has generated or warmed up since it was loaded
     unloaded: asyncio.Event = field(default_factory=asyncio.Event)
 
     def keep_for(self, seconds: float):
@@ -87,6 +89,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.warm_up = warmup.WarmUpPolicy.from_env()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -217,12 +220,15 @@ class Scheduler:
                     await self._in_worker(self._generate, job, model) if params.prompt else ([], {})
                 )
                 timings.generate = time.monotonic() - started
+                model.warm = model.warm or bool(images)
             finally:
                 model.busy = False
                 model.keep_for(0 if model.stop_requested else keepalive)
             task = asyncio.create_task(self._finish(job, model, images, resolved, timings))
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
+            if not (params.prompt or model.warm or model.stop_requested) and self.warm_up.wanted(model.pipe):
+                await self._warm_up(model, keepalive)  # answered already: nobody waits for this
         except JobCancelled:
             log.info("job %d cancelled", job.id)
             job.emit(Event(CANCELLED))
@@ -256,7 +262,7 @@ class Scheduler:
         job.emit(Event(DONE, result=result))
         if images:
             log.info(
-                "job %d done: %s, %d image(s) %dx%d, %d steps in %.2fs (+%.2fs encoding)",
+                "job %d done: %s, %d image(s) %dx%d, %d steps in %.2fs (%s; +%.2fs encoding)",
                 job.id,
                 model.name,
                 len(images),
@@ -264,6 +270,7 @@ class Scheduler:
                 resolved["height"],
                 resolved["steps"],
                 timings.generate,
+                resolved["phases"],
                 timings.encode,
             )
 
@@ -280,13 +287,28 @@ class Scheduler:
         job.emit(Event(LOADING))
         started = time.monotonic()
         log.info("loading %s", name)
-        pipe, size = await self._in_worker(self._load_and_measure, name)
+        note = warmup.compile_note()
+        if note:
+            log.info(note)
+        pipe, size, phases = await self._in_worker(self._load_and_measure, name)
         timings.load = time.monotonic() - started
         model = LoadedModel(name=name, digest=getattr(pipe, "digest", None), pipe=pipe, size=size)
         model.keep_for(self.default_keepalive)
         self._loaded[name] = model
-        log.info("loaded %s (%d bytes) in %.2fs", name, model.size, timings.load)
+        log.info("loaded %s (%d bytes) in %.2fs (%s)", name, model.size, timings.load, phases)
         return model
+
+    async def _warm_up(self, model: LoadedModel, keepalive: float):
+        """Run the model's warm-up on the worker before the next job; a failure only costs the warm-up."""
+        model.busy = True
+        try:
+            await self._in_worker(self.warm_up.run, model.pipe, model.name)
+            model.warm = True
+        except Exception:
+            log.exception("warm-up of %s failed; the model stays loaded", model.name)
+        finally:
+            model.busy = False
+            model.keep_for(0 if model.stop_requested else keepalive)
 
     async def _unload(self, model: LoadedModel):
         if self._loaded.get(model.name) is model:
@@ -306,9 +328,11 @@ class Scheduler:
     def _load_and_measure(name: str):
         # MLX streams are per thread: everything that touches the model's arrays stays on the worker.
         from ollama_img import load_pipeline
+        from ollama_img.phases import recording
 
-        pipe = load_pipeline(name)
-        return pipe, int(pipe.resident_bytes)
+        with recording() as timer:
+            pipe = load_pipeline(name)
+        return pipe, int(pipe.resident_bytes), timer.summary()
 
     @staticmethod
     def _resolve(pipe, params: GenerateParams) -> dict:
@@ -356,6 +380,14 @@ class Scheduler:
         return {**options, **image_keywords(pipe.capabilities, params.asked())}
 
     def _generate(self, job: Job, model: LoadedModel):
+        from ollama_img.phases import recording
+
+        with recording() as timer:
+            images, resolved = self._generate_images(job, model)
+        resolved["phases"] = timer.summary()
+        return images, resolved
+
+    def _generate_images(self, job: Job, model: LoadedModel):
         params = job.params
         resolved = self._validate(model.pipe, params)
         options = self._model_options(model.pipe, params, resolved)

@@ -148,6 +148,16 @@ class ImagePipeline(Protocol):
         """Bytes of weights held in memory."""
         ...
 
+    @property
+    def benefits_from_warm_up(self) -> bool:
+        """Whether running once right after loading spares the first request time (kernel compiles, GPU
+        library set-up); the engine warms up only such pipelines unless told to."""
+        ...
+
+    def warm_up(self, width: int | None = None, height: int | None = None) -> None:
+        """Run every part once at this size (default: the model's), changing no later image."""
+        ...
+
     def validate(self, *, width: int, height: int, steps: int) -> None:
         """Raise ValueError, with a message a user can act on, when a request cannot run."""
         ...

@@ -25,6 +25,7 @@ from ollama_img.models.qwen3 import Qwen3TextEncoder
 from ollama_img.models.zimage import edit
 from ollama_img.models.zimage.config import PATCH
 from ollama_img.models.zimage.transformer import Caption, Modulation, ZImageTransformer
+from ollama_img.phases import phase
 from ollama_img.teacache import TeaCache
 
 
@@ -101,6 +102,20 @@ class ZImagePipeline:
     def latent_scale(self) -> int:
         return self.vae.config.scale_factor
 
+    @property
+    def benefits_from_warm_up(self) -> bool:
+        """On a GPU the first image compiles kernels and sets up cuBLAS/cuDNN; the CPU has nothing to
+        compile (see `compile`), so warming up there would only keep the cores busy."""
+        return mx.default_device() == mx.gpu
+
+    def warm_up(self, width: int | None = None, height: int | None = None) -> None:
+        """Run every part once (text encoder, one transformer step, VAE decode) at this size, by default
+        the model's, so that the first request finds its kernels compiled, its GPU library plans made
+        and its buffers allocated. Uses no global random state: later images are unchanged."""
+        width = width or self.defaults.width
+        height = height or self.defaults.height
+        self.decode(self.denoise("warm-up", width=width, height=height, steps=1, seed=0))
+
     def validate(self, *, width: int, height: int, steps: int) -> None:
         """Raise ValueError with a message a user can act on when the request cannot run."""
         validate_request(self.capabilities, width=width, height=height, steps=steps)
@@ -167,7 +182,10 @@ class ZImagePipeline:
 
     def generate(self, prompt: str, **kwargs) -> Image.Image:
         """One image; the arguments are `denoise`'s."""
-        return self.decode(self.denoise(prompt, **kwargs))
+        with phase("denoise"):
+            latents = self.denoise(prompt, **kwargs)
+        with phase("decode"):
+            return self.decode(latents)
 
     def denoise(
         self,
@@ -205,13 +223,14 @@ class ZImagePipeline:
         x = start.latents
 
         use_cfg = guidance > 0
-        positive = self._caption(self.encode_prompt(prompt))
-        plain = [Branch("positive", positive, 1)]
-        guided = (
-            self._guided_branches(positive, self._caption(self.encode_prompt(negative_prompt or "")))
-            if use_cfg
-            else plain
-        )
+        with phase("text"):
+            positive = self._caption(self.encode_prompt(prompt))
+            plain = [Branch("positive", positive, 1)]
+            guided = (
+                self._guided_branches(positive, self._caption(self.encode_prompt(negative_prompt or "")))
+                if use_cfg
+                else plain
+            )
 
         sig = start.sigmas
         times = flow_match.model_times(sig)
