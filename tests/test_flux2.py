@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.fixtures.images import picture
 from tests.fixtures.pipeline_contract import check_on_step, check_seeds
-from tests.test_flux2_parity import PROMPT, noise, picture, rel_err
+from tests.test_flux2_parity import PROMPT, noise, rel_err
 
 pytest.importorskip("torch")
 

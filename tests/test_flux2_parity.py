@@ -18,22 +18,10 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
+from tests.fixtures.images import picture  # noqa: E402
 from tests.test_parity import assert_images_close, noise, rel_err  # noqa: E402
 
 PROMPT = "a cat playing piano under a golden sky"
-
-
-def picture(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:
-    """A smooth random picture (gradients plus noise), so that resizing and cropping show."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / max(width, height)
-    channels = [
-        np.sin(6 * x * rng.uniform(0.5, 2) + 4 * y * rng.uniform(0.5, 2) + rng.uniform(0, 6))
-        for _ in range(3)
-    ]
-    pixels = (np.stack(channels, -1) * 90 + 128 + rng.normal(0, 20, (height, width, 3))).clip(0, 255)
-    image = Image.fromarray(pixels.astype(np.uint8), "RGB")
-    return image.convert(mode) if mode != "RGB" else image
 
 
 def diffusers_condition_image(pipe, image: Image.Image) -> np.ndarray:
@@ -159,7 +147,7 @@ def test_sigmas_match_the_scheduler_bit_for_bit(flux2_reference_pipe, seq_len):
 def test_reference_images_are_prepared_pixel_for_pixel_as_diffusers(flux2_reference_pipe, size, mode):
     from ollama_img.models.flux2 import reference
 
-    image = picture(*size, seed=sum(size), mode=mode)
+    image = picture(*size, seed=sum(size)).convert(mode)
     ours = reference.prepare(image)
     ref = diffusers_condition_image(flux2_reference_pipe, image)
     assert ours.shape == ref.shape

@@ -151,9 +151,14 @@ class Flux2KleinPipeline:
         with phase("decode"):
             return self.decode(tokens, rows, cols)
 
-    def resolve_size(self, width, height, references) -> tuple[int, int]:
-        """The size asked for; what is left out comes from the first reference image (as diffusers), else
-        the default."""
+    def size_for(
+        self, *, width: int | None = None, height: int | None = None, reference_images=None, **_
+    ) -> tuple[int, int]:
+        """The size `generate` makes: each side as asked, else the first reference image's as prepared
+        (about a megapixel at most, multiples of 16: as diffusers sizes it), else the default. A
+        ValueError names a reference image diffusers would refuse."""
+        references = list(reference_images or [])
+        reference.check_all(references)
         if references and (width is None or height is None):
             w, h = reference.prepared_size(*references[0].size)
             width = w if width is None else width
@@ -183,8 +188,7 @@ class Flux2KleinPipeline:
         generation.
         """
         references = list(reference_images or [])
-        reference.check_all(references)
-        width, height = self.resolve_size(width, height, references)
+        width, height = self.size_for(width=width, height=height, reference_images=references)
         steps = self.defaults.steps if steps is None else steps
         guidance = self.defaults.guidance if guidance is None else guidance
         self.validate(width=width, height=height, steps=steps)
