@@ -34,6 +34,9 @@ class Recipe:
     model: str
     digest: str | None
     teacache: float | None = None
+    images: tuple[str, ...] = ()  # sha256 of each input image's bytes as sent
+    mask: str | None = None  # sha256 of the mask's bytes
+    strength: float | None = None  # from a start image
 
     def text_chunks(self) -> dict[str, str]:
         chunks = {
@@ -51,6 +54,12 @@ class Recipe:
             chunks["guidance"] = repr(float(self.guidance))
         if self.teacache is not None:
             chunks["teacache"] = repr(float(self.teacache))
+        if self.images:
+            chunks["image_sha256"] = ",".join(self.images)
+        if self.mask is not None:
+            chunks["mask_sha256"] = self.mask
+        if self.strength is not None:
+            chunks["strength"] = repr(float(self.strength))
         return chunks
 
 

@@ -33,7 +33,7 @@ from ollama_img.engine.jobs import (
 from ollama_img.engine.params import GenerateParams
 from ollama_img.errors import UserError
 from ollama_img.models.interface import Capabilities, ImagePipeline
-from ollama_img.options import OPTIONS, check_sizes, check_supported
+from ollama_img.options import INPUTS, OPTIONS, api_name, check_sizes, check_supported, image_keywords
 from ollama_img.png_meta import Recipe, encode_png
 
 log = logging.getLogger("ollama_img.engine")
@@ -127,14 +127,15 @@ class Scheduler:
     def loaded_models(self) -> list[LoadedModel]:
         return sorted(self._loaded.values(), key=lambda m: m.name)
 
-    def check(self, params: GenerateParams, capabilities: Capabilities | None):
+    def check(self, params: GenerateParams, capabilities: Capabilities | None, name=api_name):
         """Reject a request the model cannot do before it waits in the queue: against the loaded
-        pipeline, else against the capabilities its record lists (None: checked once it is loaded)."""
+        pipeline, else against the capabilities its record lists (None: checked once it is loaded).
+        An option the model lacks is named by `name`, as the route spells it."""
         model = self._loaded.get(params.model)
         if model is not None:
-            self._validate(model.pipe, params)
+            self._validate(model.pipe, params, name)
         elif capabilities is not None:
-            check_supported(params.model, params.asked(), capabilities)
+            check_supported(params.model, params.asked(), capabilities, name)
             check_sizes(params.asked(), capabilities)
 
     def submit(self, params: GenerateParams, digest: str | None) -> Job:
@@ -335,20 +336,29 @@ class Scheduler:
 
     @staticmethod
     def _resolve(pipe, params: GenerateParams) -> dict:
-        """The request with the pipeline's defaults (size, steps, guidance) for what it leaves out."""
-        defaults = pipe.defaults
+        """The request with the pipeline's defaults (size, steps, guidance, strength) for what it leaves
+        out; the size from its images when they imply one (`size_for`)."""
+        defaults, capabilities = pipe.defaults, pipe.capabilities
         guidance = defaults.guidance if params.guidance is None else params.guidance
+        width, height = pipe.size_for(
+            width=params.width, height=params.height, **image_keywords(capabilities, params.asked())
+        )
+        strength = None
+        if params.images and capabilities.image_input:
+            fallback = defaults.mask_strength if params.mask is not None else defaults.strength
+            strength = params.strength if params.strength is not None else fallback
         return {
-            "width": params.width or defaults.width,
-            "height": params.height or defaults.height,
+            "width": width,
+            "height": height,
             "steps": params.steps or defaults.steps,
-            "guidance": guidance if pipe.capabilities.guidance else None,
+            "guidance": guidance if capabilities.guidance else None,
+            "strength": strength,
         }
 
-    def _validate(self, pipe, params: GenerateParams) -> dict:
-        check_supported(params.model, params.asked(), pipe.capabilities)
-        resolved = self._resolve(pipe, params)
+    def _validate(self, pipe, params: GenerateParams, name=api_name) -> dict:
+        check_supported(params.model, params.asked(), pipe.capabilities, name)
         try:
+            resolved = self._resolve(pipe, params)
             pipe.validate(width=resolved["width"], height=resolved["height"], steps=resolved["steps"])
         except ValueError as exc:
             raise UserError(str(exc)) from None
@@ -357,15 +367,17 @@ class Scheduler:
     @staticmethod
     def _model_options(pipe, params: GenerateParams, resolved: dict) -> dict:
         """generate()'s keywords for the options of the model's capabilities that have a value: the
-        request's, else the model's default (guidance)."""
+        request's, else the model's default (guidance, strength); its images as the model takes them."""
         chosen = {**params.asked(), **resolved}
-        return {
+        options = {
             option.field: chosen[option.field]
             for option in OPTIONS
             if option.capability
+            and option not in INPUTS
             and getattr(pipe.capabilities, option.capability)
             and chosen.get(option.field) is not None
         }
+        return {**options, **image_keywords(pipe.capabilities, params.asked())}
 
     def _generate(self, job: Job, model: LoadedModel):
         from ollama_img.phases import recording
@@ -416,6 +428,9 @@ class Scheduler:
                 model=model.name,
                 digest=model.digest,
                 teacache=params.teacache,
+                images=tuple(item.sha256 for item in params.images or ()),
+                mask=params.mask.sha256 if params.mask is not None else None,
+                strength=resolved.get("strength"),
             )
             for seed in resolved.get("seeds", [])
         ]
