@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.load_speed import folder_files, raw_read  # noqa: E402
+from bench.load_speed import folder_files, raw_read, timed_load  # noqa: E402
 
 SHM = Path("/dev/shm/ollama-img-cold") if Path("/dev/shm").is_dir() else Path("/tmp/ollama-img-cold")
 NAME = "z-image-load"
@@ -112,24 +112,7 @@ def child_pipeline(source: str, store_root: str) -> dict:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from ollama_img import load_pipeline
-    from ollama_img.phases import recording
-
-    store = None
-    if store_root != "-":
-        from ollama_img.store import Store
-
-        store = Store(store_root)
-    mx.eval(mx.zeros((1,)))
-    started = time.perf_counter()
-    with recording() as timer:
-        pipe = load_pipeline(source, store=store)
-    mx.synchronize()
-    out = {
-        "seconds": time.perf_counter() - started,
-        "phases": timer.phases,
-        "peak_gb": mx.get_peak_memory() / 1e9,
-    }
+    out, pipe = timed_load(source, store_root)
     weights = [
         v
         for part in (pipe.text_encoder, pipe.transformer, pipe.vae)
@@ -226,19 +209,9 @@ def table(report: dict) -> str:
 
 
 def machine() -> str:
-    try:
-        done = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        gpu = (
-            done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else "no GPU"
-        )
-    except (OSError, subprocess.SubprocessError):
-        gpu = "no GPU"
-    return f"{gpu}, {os.cpu_count()} cores"
+    from bench.gpu_cold_start import gpu_name
+
+    return f"{gpu_name()}, {os.cpu_count()} cores"
 
 
 def main():

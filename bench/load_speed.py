@@ -43,22 +43,15 @@ CHUNK = 16 << 20
 
 
 def mid_sizes():
-    from tests.fixtures.zimage_folder import FULL, Sizes, TextEncoderSize, TransformerSize
+    """import_speed.py's medium model (the release's widths) with fewer layers: 3.2 GB."""
+    from dataclasses import replace
 
-    return Sizes(
-        transformer=TransformerSize(
-            dim=3840, n_layers=3, n_refiner_layers=1, n_heads=30, cap_feat_dim=2560, axes_dims=(32, 48, 48)
-        ),
-        text_encoder=TextEncoderSize(
-            hidden_size=2560,
-            num_hidden_layers=2,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            head_dim=128,
-            intermediate_size=9728,
-            vocab_size=151936,
-        ),
-        vae=FULL.vae,
+    from bench.import_speed import MEDIUM
+
+    return replace(
+        MEDIUM,
+        transformer=replace(MEDIUM.transformer, n_layers=3),
+        text_encoder=replace(MEDIUM.text_encoder, num_hidden_layers=2),
     )
 
 
@@ -148,8 +141,8 @@ def child_mx_load(listing: str) -> dict:
     return {"seconds": seconds, "fresh_gb": fresh_gb(faults), "peak_gb": mx.get_peak_memory() / 1e9}
 
 
-def child_pipeline(source: str, store_root: str) -> dict:
-    """`load_pipeline` as the engine calls it, its phases recorded."""
+def timed_load(source: str, store_root: str):
+    """`load_pipeline` as the engine calls it, its phases recorded: (the figures, the pipeline)."""
     import mlx.core as mx
 
     from ollama_img import load_pipeline
@@ -168,7 +161,7 @@ def child_pipeline(source: str, store_root: str) -> dict:
         pipe = load_pipeline(source, store=store)
     mx.synchronize()
     seconds = time.perf_counter() - started
-    return {
+    figures = {
         "seconds": seconds,
         "cpu_s": time.process_time() - cpu,
         "fresh_gb": fresh_gb(faults),
@@ -176,6 +169,11 @@ def child_pipeline(source: str, store_root: str) -> dict:
         "resident_gb": pipe.resident_bytes / 1e9,
         "peak_gb": mx.get_peak_memory() / 1e9,
     }
+    return figures, pipe
+
+
+def child_pipeline(source: str, store_root: str) -> dict:
+    return timed_load(source, store_root)[0]
 
 
 CHILDREN = {"raw": child_raw, "mx-load": child_mx_load, "pipeline": child_pipeline}
