@@ -17,7 +17,11 @@ A family builds each module from its config and hands it, with its component's f
     quantized matmul is slow for the mode (dequantizing costs O(weights), the matmul O(tokens x weights));
   - `DEQUANTIZE_AT_LOAD`: plain `nn.Linear` weights dequantized once while loading: a plain matmul's
     speed, the unquantized model's memory;
-- fuses after loading, when asked (`fuse_linears` makes one layer of several that share their input).
+- fuses after loading, when asked (`fuse_linears` makes one layer of several that share their input);
+- reads each stored byte once, evaluating nothing before it is fused and cast: each component is one lazy
+  graph, evaluated in pieces (`_evaluate_in_pieces`) so that what a piece drops is reused by the next;
+  on CUDA, several threads read groups of tensors at once (`models.reading`, `OLLAMA_IMG_LOAD_THREADS`).
+  bench/load_speed.py and bench/gpu_load_profile.py measure it.
 """
 
 from __future__ import annotations
