@@ -219,7 +219,7 @@ def _edit_manifest(store, name, edit):
 
 def _edit_config(store, name, edit):
     """Point the model at a new config blob: its config, edited (`edit` returns the new document)."""
-    config = edit(store.manifest(name).config)
+    config = edit(store.manifest(name).config.to_json())
     blob = write_bytes_blob(store.blobs_dir, json.dumps(config).encode())
 
     def point(doc):

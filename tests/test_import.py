@@ -91,9 +91,19 @@ def test_manifest_fields_and_layers(store, tiny_folder):
 def test_config_blob_describes_the_model(store, tiny_folder):
     manifest = import_folder(store, "z-image", inspect_folder(tiny_folder)).manifest
     config = json.loads(store.blob_path(manifest.config_digest).read_bytes())
-    assert config == store.manifest("z-image").config
+    assert config == store.manifest("z-image").config.to_json()
     assert config["architecture"] == "ZImagePipeline" and config["family"] == "z-image"
     assert config["format"] == "diffusers" and config["quantization"] is None
+    assert config["capabilities"] == {
+        "sizes": {"unit": 16, "max_width": 8192, "max_height": 8192},
+        "guidance": True,
+        "negative_prompt": True,
+        "image_input": False,
+        "mask": False,
+        "reference_images": 0,
+        "teacache": True,
+        "lora": False,
+    }
     sources = _source_tensors(tiny_folder)
     assert config["parameter_count"] == sum(math.prod(shape) for _, shape, _ in sources.values())
     assert config["total_size"] == sum(layer.size for layer in manifest.layers)
@@ -119,7 +129,7 @@ def test_f32_folder_with_sharded_text_encoder_and_template_file(store, tiny_fold
     assert {f"text_encoder/{k}" for k in index["weight_map"]} == {
         layer.name for layer in manifest.component_layers("text_encoder") if layer.is_tensor
     }
-    assert manifest.config["components"]["vae"]["dtypes"] == ["F32"]
+    assert manifest.config.components["vae"].dtypes == ("F32",)
     assert {layer.dtype for layer in manifest.layers if layer.is_tensor} == {"F32"}
 
 

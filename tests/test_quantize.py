@@ -53,7 +53,7 @@ def test_create_quantized_from_a_folder(store, cli, tiny_folder):
     assert "quantizing to fp8" in result.err.splitlines()[0]
     plain = import_folder(store, "z-bf16", inspect_folder(tiny_folder)).manifest
     manifest = store.manifest("z-fp8")
-    assert manifest.config["quantization"] == {
+    assert manifest.config.quantization.to_json() == {
         "type": "fp8",
         "mode": "mxfp8",
         "bits": 8,
@@ -105,7 +105,7 @@ def test_each_type_quantizes_the_rule_and_shrinks_those_tensors(store, tiny_fold
         for layer in result.manifest.layers
         if layer.is_tensor and QUANTIZATION.selects(layer.name, layer.dtype, layer.shape, quant)
     ]
-    assert result.manifest.config["quantization"]["tensors"] == EXPECTED_COUNTS[name]
+    assert result.manifest.config.quantization.tensors == EXPECTED_COUNTS[name]
     assert len(chosen) == sum(EXPECTED_COUNTS[name].values())
     for layer in chosen:
         header = _blob(store, layer)
@@ -135,7 +135,7 @@ def test_create_from_a_stored_model_equals_create_from_the_folder(store, cli, ti
     manifest = store.manifest("base-fp8")
     assert len(new) == sum(EXPECTED_COUNTS["fp8"].values()) + 1  # the quantized weights and the config
     assert f"{len(new)} new blobs, {len(manifest.layers) - len(new) + 1} reused blobs" in result.out
-    assert manifest.config["quantization"]["type"] == "fp8"  # the alias is stored by its name
+    assert manifest.config.quantization.type == "fp8"  # the alias is stored by its name
     cli("create", "folder-fp8", "-f", str(tiny_folder), "--quantize", "fp8")
     assert store.manifest("folder-fp8").digest == manifest.digest  # the very same model
     assert cli("rm", "base").code == 0  # the quantized model does not need its source
@@ -262,7 +262,7 @@ def test_a_model_can_be_quantized_in_place(store, cli, tiny_folder):
     result = cli("create", "z", "--from", "z", "--quantize", "int8")
     assert result.code == 0, result.err
     after = store.manifest("z")
-    assert after.config["quantization"]["type"] == "int8"
+    assert after.config.quantization.type == "int8"
     assert "freed" in result.out
     gone = before.digests() - after.digests()
     assert (

@@ -29,22 +29,33 @@ def test_create_defaults_to_the_current_folder(store, cli, tiny_folder, monkeypa
     assert [str(n) for n in store.names()] == ["here:latest"]
 
 
-def test_list_shows_name_id_size_modified(store, cli, tiny_folder):
+def test_list_shows_name_id_family_size_modified(store, cli, tiny_folder):
     cli("create", "z-image", "-f", str(tiny_folder))
     cli("cp", "z-image", "me/z-image:v1")
     old = time.time() - 3 * 3600
     os.utime(store.manifest_path("z-image"), (old, old))
     out = cli("list").out.splitlines()
-    assert out[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    assert out[0].split() == ["NAME", "ID", "FAMILY", "SIZE", "MODIFIED"]
     manifest = store.manifest("z-image")
-    assert out[1].split() == ["me/z-image:v1", manifest.id, "2.3", "MB", "Less", "than", "a", "second", "ago"]
-    assert out[2].split() == ["z-image:latest", manifest.id, "2.3", "MB", "3", "hours", "ago"]
+    assert out[1].split() == [
+        "me/z-image:v1",
+        manifest.id,
+        "z-image",
+        "2.3",
+        "MB",
+        "Less",
+        "than",
+        "a",
+        "second",
+        "ago",
+    ]
+    assert out[2].split() == ["z-image:latest", manifest.id, "z-image", "2.3", "MB", "3", "hours", "ago"]
     assert out[0].index("ID") == out[1].index(manifest.id)  # aligned columns
 
 
 def test_list_on_an_empty_store_prints_only_the_heading(store, cli):
     result = cli("list")
-    assert (result.code, result.out.split()) == (0, ["NAME", "ID", "SIZE", "MODIFIED"])
+    assert (result.code, result.out.split()) == (0, ["NAME", "ID", "FAMILY", "SIZE", "MODIFIED"])
     assert not store.root.exists()
 
 
@@ -54,13 +65,16 @@ def test_show_text_and_json(store, cli, tiny_folder):
     text = cli("show", "z-image").out
     assert re.search(r"architecture\s+ZImagePipeline", text)
     assert re.search(r"parameters\s+1\.1M", text)
+    assert re.search(r"family\s+z-image", text)
     assert re.search(r"quantization\s+none", text)
+    assert re.search(r"sizes\s+multiples of 16, up to 8192x8192", text)
+    assert re.search(r"options\s+guidance, negative prompt, TeaCache\n", text)
     assert re.search(r"transformer\s+ZImageTransformer2DModel\s+706\.1K\s+1\.4 MB\s+BF16", text)
     assert re.search(r"tokenizer\s+Qwen2Tokenizer\s+-\s+36 KB\s+-", text)
     doc = json.loads(cli("show", "z-image", "--json").out)
     assert doc["name"] == "z-image:latest" and doc["id"] == manifest.id
     assert doc["digest"] == manifest.digest and doc["size"] == manifest.total_size
-    assert doc["config"] == manifest.config and doc["layers"] == len(manifest.layers)
+    assert doc["config"] == manifest.config.to_json() and doc["layers"] == len(manifest.layers)
 
 
 def test_cp_shares_every_blob(store, cli, tiny_folder):

@@ -3,7 +3,8 @@
 A quantized weight stays one store layer, as in ollama: its blob is a safetensors file holding the
 packed `weight`, its `scales` and, for MLX's affine mode, `biases`, with the type in `__metadata__`
 (`quantization`, `mode`, `bits`, `group_size`, all strings). The manifest layer keeps the logical name,
-dtype and shape; the config blob's `quantization` records the type and the rule (`config_record`).
+dtype and shape; the config blob's `quantization` records the type and the rule
+(`ollama_img.store.config.QuantizationRecord`).
 
 The types are MLX's quantization modes under the names ollama's MLX engine uses. Quantizing needs MLX
 (`quantize_weight`); everything else here is plain Python, so `show` and the store never import MLX.
@@ -88,38 +89,6 @@ class QuantRule:
             and len(shape) == 2
             and shape[-1] % quant.group_size == 0
         )
-
-
-def config_record(quant: QuantType, rule: QuantRule, counts: dict[str, int]) -> dict:
-    """The config blob's `quantization`: the type, the rule, and how many tensors of each component it hit."""
-    return {
-        "type": quant.name,
-        "mode": quant.mode,
-        "bits": quant.bits,
-        "group_size": quant.group_size,
-        "rule": rule.text,
-        "tensors": counts,
-    }
-
-
-def describe(record) -> tuple[str, list[tuple[str, str]]]:
-    """What `show` prints for a config's `quantization`: a short value and detail rows (type, tensors, rule)."""
-    if not record:
-        return "none", []
-    if not isinstance(record, dict):
-        return str(record), []
-    name = str(record.get("type"))
-    known = TYPES.get(name)
-    detail = f"{record.get('mode')}, {record.get('bits')} bits, groups of {record.get('group_size')}"
-    rows = [("type", f"{name}: {detail}" + (f" ({known.summary})" if known else ""))]
-    counts = record.get("tensors")
-    if isinstance(counts, dict):
-        total = sum(int(n) for n in counts.values())
-        per = ", ".join(f"{component} {n}" for component, n in counts.items())
-        rows.append(("tensors", f"{total} quantized ({per})" if per else "none quantized"))
-    if record.get("rule"):
-        rows.append(("rule", str(record["rule"])))
-    return name, rows
 
 
 # ---------------------------------------------------------------------------------------------

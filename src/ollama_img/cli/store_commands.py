@@ -22,9 +22,11 @@ from ollama_img.backend import require_mlx
 from ollama_img.cli.app import app
 from ollama_img.cli.formatting import human_age, human_bytes, human_count, table
 from ollama_img.errors import UserError
+from ollama_img.models.interface import Capabilities
 from ollama_img.names import ModelName
-from ollama_img.quantization import QuantType, describe, parse_quant_type
+from ollama_img.quantization import TYPES, QuantType, parse_quant_type
 from ollama_img.store import ImportPlan, Store, import_folder, inspect_folder, plan_from_model
+from ollama_img.store.config import QuantizationRecord
 
 
 @app.command()
@@ -75,15 +77,16 @@ def create(
 @app.command("list")
 def list_models():
     """List the models in the store."""
-    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
+    rows = [["NAME", "ID", "FAMILY", "SIZE", "MODIFIED"]]
     for entry in Store().list():
         if entry.manifest is None:
-            rows.append([str(entry.name), "?", "?", f"damaged: {entry.problem}"])
+            rows.append([str(entry.name), "?", "?", "?", f"damaged: {entry.problem}"])
             continue
         rows.append(
             [
                 str(entry.name),
                 entry.manifest.id,
+                entry.manifest.config.family or "?",
                 human_bytes(entry.manifest.total_size),
                 human_age(entry.modified),
             ]
@@ -96,7 +99,7 @@ def show(
     name: str = typer.Argument(..., help="Model name."),
     as_json: bool = typer.Option(False, "--json", help="Print the model's description as JSON."),
 ):
-    """Show a model's architecture, parameters, quantization and components."""
+    """Show a model's architecture, parameters, quantization, capabilities and components."""
     model = ModelName.parse(name)
     store = Store()
     manifest = store.manifest(model)
@@ -110,17 +113,17 @@ def show(
             "size": manifest.total_size,
             "modified_at": datetime.datetime.fromtimestamp(modified, datetime.UTC).isoformat(),
             "layers": len(manifest.layers),
-            "config": config,
+            "config": config.to_json(),
         }
         print(json.dumps(doc, indent=2))
         return
     print("  Model")
-    record = config.get("quantization")
-    quantization, quantization_details = describe(record)
+    record = config.quantization
+    quantization, quantization_details = _quantization_rows(record)
     details = [
-        ("architecture", str(config.get("architecture"))),
-        ("family", str(config.get("family"))),
-        ("parameters", human_count(config.get("parameter_count") or 0)),
+        ("architecture", str(config.architecture)),
+        ("family", str(config.family)),
+        ("parameters", human_count(config.parameter_count or 0)),
         ("quantization", quantization),
         ("size", human_bytes(manifest.total_size)),
         ("id", manifest.id),
@@ -130,25 +133,64 @@ def show(
         print()
         print("  Quantization")
         print(_indent(_wrapped_table(quantization_details), 4))
+    if config.capabilities is not None:
+        print()
+        print("  Capabilities")
+        print(_indent(table([[k, v] for k, v in _capability_rows(config.capabilities)]), 4))
     print()
     print("  Components")
-    counts = record.get("tensors") if isinstance(record, dict) else None
 
     def quantized_as(component: str) -> list[str]:
-        return [str(record.get("type"))] if counts and counts.get(component) else []
+        return [record.type] if record is not None and record.tensors.get(component) else []
 
     rows = [
         [
             component,
-            info.get("class") or "-",
-            human_count(info["parameters"]) if info.get("parameters") else "-",
-            human_bytes(info.get("size") or 0),
-            ", ".join([*(info.get("dtypes") or []), *quantized_as(component)]) or "-",
+            info.class_name or "-",
+            human_count(info.parameters) if info.parameters else "-",
+            human_bytes(info.size or 0),
+            ", ".join([*(info.dtypes or ()), *quantized_as(component)]) or "-",
         ]
-        for component, info in (config.get("components") or {}).items()
+        for component, info in config.components.items()
     ]
     if rows:
         print(_indent(table(rows), 4))
+
+
+def _quantization_rows(record: QuantizationRecord | None) -> tuple[str, list[tuple[str, str]]]:
+    """What `show` prints for the quantization: a short value and detail rows (type, tensors, rule)."""
+    if record is None:
+        return "none", []
+    known = TYPES.get(record.type)
+    detail = f"{record.mode}, {record.bits} bits, groups of {record.group_size}"
+    rows = [("type", f"{record.type}: {detail}" + (f" ({known.summary})" if known else ""))]
+    total = sum(record.tensors.values())
+    per = ", ".join(f"{component} {n}" for component, n in record.tensors.items())
+    rows.append(("tensors", f"{total} quantized ({per})" if per else "none quantized"))
+    if record.rule:
+        rows.append(("rule", record.rule))
+    return record.type, rows
+
+
+def _capability_rows(capabilities: Capabilities) -> list[tuple[str, str]]:
+    sizes = capabilities.sizes
+    options = [
+        label
+        for label, supported in (
+            ("guidance", capabilities.guidance),
+            ("negative prompt", capabilities.negative_prompt),
+            ("start image and strength", capabilities.image_input),
+            ("mask", capabilities.mask),
+            (f"up to {capabilities.reference_images} reference images", capabilities.reference_images),
+            ("TeaCache", capabilities.teacache),
+            ("LoRA", capabilities.lora),
+        )
+        if supported
+    ]
+    return [
+        ("sizes", f"multiples of {sizes.unit}, up to {sizes.max_width}x{sizes.max_height}"),
+        ("options", ", ".join(options) or "none"),
+    ]
 
 
 @app.command()

@@ -3,8 +3,15 @@
 Kept in one place so the HTTP routes never depend on the store's internals.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from ollama_img.engine import utc_iso
 from ollama_img.names import ModelName
+
+if TYPE_CHECKING:
+    from ollama_img.store.config import ModelConfig
 
 
 def _store():
@@ -57,20 +64,20 @@ def show(name: str) -> dict:
         "digest": manifest.digest,
         "size": manifest.total_size,
         "details": _details(manifest.config),
-        "model_info": manifest.config,
+        "model_info": manifest.config.to_json(),
         "layers": [layer.to_json() for layer in manifest.layers],
     }
 
 
-def _details(config: dict) -> dict:
+def _details(config: ModelConfig) -> dict:
     from ollama_img.cli.formatting import human_count
 
-    family = config.get("family")
-    count = config.get("parameter_count")
+    family = config.family
+    count = config.parameter_count
     return {
-        "format": config.get("format"),
+        "format": config.format,
         "family": family,
         "families": [family] if family else [],
-        "parameter_size": human_count(count) if isinstance(count, int) else None,
-        "quantization_level": config.get("quantization"),
+        "parameter_size": human_count(count) if count is not None else None,
+        "quantization_level": config.quantization.type if config.quantization else None,
     }

@@ -7,8 +7,9 @@ Public API (what the loader, the engine and the CLI use):
     manifest.layers                          # tuple[Layer]: name, digest, size, media_type, dtype, shape
     manifest.component_layers("transformer") # the layers of one component, in checkpoint order
     manifest.layer("transformer/config.json")
-    manifest.config                          # dict: architecture, family, format, components,
-                                             #       parameter_count, quantization, total_size
+    manifest.config                          # ModelConfig (store/config.py): architecture, family, format,
+                                             #   components, parameter_count, quantization, capabilities,
+                                             #   total_size
     manifest.digest, manifest.id             # "sha256:<hex>" of the manifest bytes; its first 12 hex digits
     manifest.name                            # the ModelName it was read under
     manifest.total_size                      # bytes of every blob it uses (what `list` shows)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ollama_img.errors import UserError
 from ollama_img.models import Architecture, Component, architecture_for
+from ollama_img.models.interface import Capabilities
 from ollama_img.store.blobs import BlobRef
 from ollama_img.store.safetensors_format import Header
 from ollama_img.store.source import read_header
@@ -72,6 +73,7 @@ class ImportPlan:
     architecture: Architecture
     files: tuple[FileItem, ...]  # top-level files (model_index.json)
     components: tuple[ComponentPlan, ...]
+    capabilities: Capabilities  # what the model can do, from its config files
 
     @property
     def tensor_count(self) -> int:
@@ -100,7 +102,23 @@ def inspect_folder(folder: Path | str) -> ImportPlan:
     architecture = architecture_for(model_index["_class_name"])
     components = tuple(_inspect_component(folder, c, model_index) for c in architecture.components)
     files = (FileItem(MODEL_INDEX, index_path, index_path.stat().st_size),)
-    return ImportPlan(str(folder), architecture, files, components)
+    capabilities = capabilities_of(architecture, components, str(folder))
+    return ImportPlan(str(folder), architecture, files, components, capabilities)
+
+
+def capabilities_of(
+    architecture: Architecture, components: tuple[ComponentPlan, ...], origin: str
+) -> Capabilities:
+    """The capabilities the family reads from the model's config files, or a UserError saying why not."""
+    files = {item.layer_name: item for component in components for item in component.files}
+
+    def read_json(relpath: str) -> dict:
+        return _read_json(files[relpath].path, relpath)
+
+    try:
+        return architecture.capabilities(read_json)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{origin}: unsupported or invalid configuration ({exc})") from None
 
 
 def _inspect_component(folder: Path, component: Component, model_index: dict) -> ComponentPlan:

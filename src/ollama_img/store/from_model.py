@@ -12,7 +12,7 @@ from ollama_img.errors import UserError
 from ollama_img.models import architecture_for
 from ollama_img.names import ModelName
 from ollama_img.store.blobs import PLAIN_TENSOR_NAME, BlobRef
-from ollama_img.store.folder import MODEL_INDEX, ComponentPlan, FileItem, ImportPlan, Shard
+from ollama_img.store.folder import MODEL_INDEX, ComponentPlan, FileItem, ImportPlan, Shard, capabilities_of
 from ollama_img.store.manifest import Layer, Manifest
 from ollama_img.store.source import read_header
 from ollama_img.store.store import Store
@@ -23,14 +23,12 @@ def plan_from_model(store: Store, name: ModelName | str) -> ImportPlan:
     already quantized, since quantizing quantized weights again would only lose precision)."""
     manifest = store.manifest(name)
     config = manifest.config
-    quantization = config.get("quantization")
-    if quantization:
-        kind = quantization.get("type") if isinstance(quantization, dict) else quantization
+    if config.quantization is not None:
         raise UserError(
-            f"model '{manifest.name}' is already quantized ({kind}); "
+            f"model '{manifest.name}' is already quantized ({config.quantization.type}); "
             "quantize the unquantized model or its folder instead"
         )
-    architecture = architecture_for(config.get("architecture"))
+    architecture = architecture_for(config.architecture)
     label = f"model '{manifest.name}'"
     top_level = manifest.component_layers("")
     if not any(layer.name == MODEL_INDEX for layer in top_level):
@@ -38,11 +36,11 @@ def plan_from_model(store: Store, name: ModelName | str) -> ImportPlan:
     components = []
     for component in architecture.components:
         layers = manifest.component_layers(component.name)
-        info = (config.get("components") or {}).get(component.name) or {}
+        info = config.components.get(component.name)
         components.append(
             ComponentPlan(
                 name=component.name,
-                class_name=info.get("class"),
+                class_name=info.class_name if info else None,
                 files=tuple(_file_item(store, layer) for layer in layers if not layer.is_tensor),
                 shards=tuple(_tensor_shard(store, manifest, layer) for layer in layers if layer.is_tensor),
             )
@@ -52,6 +50,7 @@ def plan_from_model(store: Store, name: ModelName | str) -> ImportPlan:
         architecture=architecture,
         files=tuple(_file_item(store, layer) for layer in top_level),
         components=tuple(components),
+        capabilities=capabilities_of(architecture, tuple(components), label),
     )
 
 

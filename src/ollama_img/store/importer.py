@@ -7,14 +7,13 @@ durable, all under the shared store lock; so a `create` killed at any moment lea
 pointing at a missing blob, and re-running it reuses every blob already written.
 """
 
-import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
-from ollama_img.quantization import QuantRule, QuantType, config_record, quantize_weight
+from ollama_img.quantization import QuantRule, QuantType, quantize_weight
 from ollama_img.store.blobs import (
     PLAIN_TENSOR_NAME,
     BlobRef,
@@ -23,6 +22,7 @@ from ollama_img.store.blobs import (
     write_bytes_blob,
     write_tensor_blob,
 )
+from ollama_img.store.config import ComponentInfo, ModelConfig, QuantizationRecord
 from ollama_img.store.folder import FileItem, ImportPlan, Shard
 from ollama_img.store.manifest import TENSOR_MEDIA_TYPE, Layer, Manifest, encode_manifest, media_type_for_file
 from ollama_img.store.publisher import BlobPublisher
@@ -91,13 +91,13 @@ def import_folder(
         finally:
             if executor is not None:
                 executor.shutdown()
-        config_bytes = _encode_config(plan, layers, quantizer)
-        config = tally.count(write_bytes_blob(store.blobs_dir, config_bytes))
+        record = _config(plan, layers, quantizer)
+        config = tally.count(write_bytes_blob(store.blobs_dir, record.encode()))
         fsync_dir(store.blobs_dir)
         raw = encode_manifest(layers, config.digest, config.size)
         previous = store.write_manifest(name, raw)
     freed = store.free_replaced(previous, raw)  # the blobs only the model this name named used
-    manifest = Manifest(tuple(layers), json.loads(config_bytes), config.digest, config.size, raw, name)
+    manifest = Manifest(tuple(layers), record, config.digest, config.size, raw, name)
     return ImportResult(
         name=name,
         manifest=manifest,
@@ -211,26 +211,36 @@ def _reporting(chunks: Iterator, report: ProgressCallback) -> Iterator:
         report(len(chunk), 0)
 
 
-def _encode_config(plan: ImportPlan, layers: list[Layer], quantizer: _Quantizer | None = None) -> bytes:
-    """The config blob: what `show` prints and what the loader needs to pick the architecture."""
+def _config(plan: ImportPlan, layers: list[Layer], quantizer: _Quantizer | None = None) -> ModelConfig:
+    """The config blob's record: what `show` prints, what the loader needs to pick the architecture, and
+    what the engine checks requests against."""
     components = {}
     for component in plan.components:
         own = [layer for layer in layers if layer.component == component.name]
-        components[component.name] = {
-            "class": component.class_name,
-            "parameters": component.parameters,
-            "size": sum(layer.size for layer in own),
-            "dtypes": component.dtypes,
-        }
-    config = {
-        "architecture": plan.architecture.class_name,
-        "family": plan.architecture.family,
-        "format": "diffusers",
-        "components": components,
-        "parameter_count": sum(c.parameters for c in plan.components),
-        "quantization": (
-            config_record(quantizer.quant, quantizer.rule, quantizer.tally.quantized) if quantizer else None
-        ),
-        "total_size": sum(layer.size for layer in layers),
-    }
-    return json.dumps(config, indent=2).encode("utf-8") + b"\n"
+        components[component.name] = ComponentInfo(
+            class_name=component.class_name,
+            parameters=component.parameters,
+            size=sum(layer.size for layer in own),
+            dtypes=tuple(component.dtypes),
+        )
+    quantization = None
+    if quantizer is not None:
+        quant = quantizer.quant
+        quantization = QuantizationRecord(
+            type=quant.name,
+            mode=quant.mode,
+            bits=quant.bits,
+            group_size=quant.group_size,
+            rule=quantizer.rule.text,
+            tensors=dict(quantizer.tally.quantized),
+        )
+    return ModelConfig(
+        architecture=plan.architecture.class_name,
+        family=plan.architecture.family,
+        format="diffusers",
+        components=components,
+        parameter_count=sum(c.parameters for c in plan.components),
+        quantization=quantization,
+        capabilities=plan.capabilities,
+        total_size=sum(layer.size for layer in layers),
+    )

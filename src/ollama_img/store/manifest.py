@@ -9,17 +9,21 @@
                  "name": "transformer/config.json"}, ...]}
 
 A layer's name is `<component>/<tensor name as in the checkpoint>` or the file's path in the model
-folder. The config blob (JSON) describes the model: architecture, family, format, components (class,
-parameters, size, dtypes), parameter_count, quantization, total_size.
+folder. The config blob (JSON) describes the model: `ollama_img.store.config.ModelConfig`.
 """
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ollama_img.errors import UserError
+from ollama_img.models import ARCHITECTURES
+from ollama_img.models.interface import Capabilities
 from ollama_img.names import ModelName
 from ollama_img.store.blobs import is_digest
+from ollama_img.store.config import ModelConfig
 
 SCHEMA_VERSION = 2
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
@@ -97,7 +101,7 @@ class Manifest:
     """
 
     layers: tuple[Layer, ...]
-    config: dict
+    config: ModelConfig
     config_digest: str
     config_size: int
     raw: bytes = field(repr=False)
@@ -140,8 +144,9 @@ def encode_manifest(layers: list[Layer], config_digest: str, config_size: int) -
     return json.dumps(doc, indent=2).encode("utf-8") + b"\n"
 
 
-def decode_manifest(raw: bytes, read_config, name: ModelName) -> Manifest:
-    """Parse manifest bytes; `read_config(digest)` returns the config blob's bytes.
+def decode_manifest(raw: bytes, read_blob: Callable[[str], bytes], name: ModelName) -> Manifest:
+    """Parse manifest bytes; `read_blob(digest)` returns a blob's bytes (the config blob's, and for a
+    config of an older version, the JSON files its capabilities are derived from).
 
     Anything `show`, `create --from` or the loader would trip over later is a UserError here: a
     manifest that is not one, a digest that is not `sha256:<64 hex>`, a config blob that is missing, not
@@ -168,16 +173,19 @@ def decode_manifest(raw: bytes, read_config, name: ModelName) -> Manifest:
         if not is_digest(digest):
             raise UserError(f"{damaged}: {what} has the invalid digest {digest!r}; re-create the model")
     try:
-        config = json.loads(read_config(config_digest))
+        parsed = json.loads(read_blob(config_digest))
     except FileNotFoundError:
         raise UserError(f"{damaged}: its config blob {config_digest} is missing") from None
     except OSError as exc:
         raise UserError(f"{damaged}: cannot read its config blob ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise UserError(f"{damaged}: its config blob is not valid JSON ({exc})") from None
-    problem = _config_problem(config)
-    if problem:
-        raise UserError(f"{damaged}: its config blob {problem}; re-create the model")
+    try:
+        config = ModelConfig.from_json(parsed)
+    except ValueError as exc:
+        raise UserError(f"{damaged}: its config blob {exc}; re-create the model") from None
+    if config.capabilities is None:
+        config = dataclasses.replace(config, capabilities=_derived_capabilities(config, layers, read_blob))
     return Manifest(layers, config, config_digest, config_size, raw, name)
 
 
@@ -185,38 +193,18 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _config_problem(config) -> str | None:
-    """What is wrong with the shape of a parsed config blob (the fields `show` and `create --from` read),
-    or None. Fields may be missing or null; present ones must have the type `import_folder` writes."""
-    if not isinstance(config, dict):
-        return f"holds a JSON {type(config).__name__}, not an object"
-    for key in ("architecture", "family", "format"):
-        if config.get(key) is not None and not isinstance(config[key], str):
-            return f"has {key} {config[key]!r}, not a string"
-    for key in ("parameter_count", "total_size"):
-        if config.get(key) is not None and not _is_count(config[key]):
-            return f"has {key} {config[key]!r}, not a count"
-    components = config.get("components")
-    if components is not None and not isinstance(components, dict):
-        return f"has components {components!r}, not an object"
-    for component, info in (components or {}).items():
-        if not isinstance(info, dict):
-            return f"describes component {component!r} as {info!r}, not an object"
-        if info.get("class") is not None and not isinstance(info["class"], str):
-            return f"has class {info['class']!r} for component {component!r}, not a string"
-        for key in ("parameters", "size"):
-            if info.get(key) is not None and not _is_count(info[key]):
-                return f"has {key} {info[key]!r} for component {component!r}, not a count"
-        dtypes = info.get("dtypes")
-        if dtypes is not None and not (isinstance(dtypes, list) and all(isinstance(d, str) for d in dtypes)):
-            return f"has dtypes {dtypes!r} for component {component!r}, not a list of strings"
-    quantization = config.get("quantization")
-    if quantization is not None and not isinstance(quantization, str | dict):
-        return f"has quantization {quantization!r}, neither a string nor an object"
-    if isinstance(quantization, dict):
-        counts = quantization.get("tensors")
-        if counts is not None and not (
-            isinstance(counts, dict) and all(_is_count(n) for n in counts.values())
-        ):
-            return f"has quantized tensor counts {counts!r}, not an object of counts"
-    return None
+def _derived_capabilities(config: ModelConfig, layers, read_blob) -> Capabilities | None:
+    """What a model recorded by an older version can do, from its family and its stored config files;
+    None when this version does not know the family or the files do not say."""
+    architecture = ARCHITECTURES.get(config.architecture)
+    if architecture is None:
+        return None
+    files = {layer.name: layer.digest for layer in layers if not layer.is_tensor}
+
+    def read_json(relpath: str) -> dict:
+        return json.loads(read_blob(files[relpath]))
+
+    try:
+        return architecture.capabilities(read_json)
+    except (KeyError, OSError, TypeError, ValueError):
+        return None
