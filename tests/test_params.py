@@ -2,15 +2,9 @@
 
 import pytest
 
-from ollama_img.engine.params import (
-    MAX_IMAGES,
-    MAX_STEPS,
-    generate_params,
-    model_name,
-    parse_json_object,
-    parse_size,
-)
+from ollama_img.engine.params import generate_params, model_name, parse_json_object, parse_size
 from ollama_img.errors import UserError
+from ollama_img.options import MAX_IMAGES, MAX_STEPS
 
 
 def params(**body):
@@ -21,7 +15,7 @@ def test_a_full_request():
     p = params(
         width=512, height=768, steps=4, guidance=1.5, negative_prompt="fog", seed=7, n=3, keep_alive="1m"
     )
-    assert (p.width, p.height, p.steps, p.guidance, p.negative_prompt, p.seed, p.n, p.keepalive) == (
+    assert (p.width, p.height, p.steps, p.guidance, p.negative_prompt, p.seed, p.n, p.keep_alive) == (
         512,
         768,
         4,
@@ -40,7 +34,7 @@ def test_teacache_is_off_unless_asked_for():
 
 def test_defaults_are_left_to_the_model():
     p = params()
-    assert (p.width, p.height, p.steps, p.guidance, p.seed, p.n, p.keepalive) == (None,) * 5 + (1, None)
+    assert (p.width, p.height, p.steps, p.guidance, p.seed, p.n, p.keep_alive) == (None,) * 5 + (1, None)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +51,7 @@ def test_defaults_are_left_to_the_model():
         ({"guidance": -1}, "'guidance' must be at least 0"),
         ({"guidance": "high"}, "'guidance' must be a number"),
         ({"negative_prompt": 3}, "'negative_prompt' must be a string"),
-        ({"keep_alive": "soon"}, "invalid keep_alive"),
+        ({"keep_alive": "soon"}, "invalid 'keep_alive' 'soon'"),
         ({"teacache": -0.1}, "'teacache' must be at least 0"),
         ({"teacache": "yes"}, "'teacache' must be a number"),
         ({"prompt": "   "}, "empty prompt"),
@@ -67,8 +61,8 @@ def test_defaults_are_left_to_the_model():
         ({"teacache": float("inf")}, "'teacache' must be a finite number"),
         ({"guidance": 10**400}, "'guidance' must be a finite number, got 1000"),
         ({"teacache": 10**400}, "'teacache' must be a finite number"),
-        ({"keep_alive": 10**400}, "invalid keep_alive"),
-        ({"keep_alive": float("inf")}, "invalid keep_alive"),
+        ({"keep_alive": 10**400}, "invalid 'keep_alive'"),
+        ({"keep_alive": float("inf")}, "invalid 'keep_alive'"),
         ({"steps": float("inf")}, "'steps' must be an integer, got Infinity"),
         ({"steps": 10**400}, "'steps' must be at most 10000, got 1000"),
         ({"steps": MAX_STEPS + 1}, f"'steps' must be at most {MAX_STEPS}"),

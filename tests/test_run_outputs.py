@@ -144,7 +144,7 @@ def test_a_folder_instead_of_a_name_says_to_import_it(tmp_path):
 
 
 def test_flags_are_checked_up_front():
-    assert (options(size="64x32").width, options(size="64x32").height) == (64, 32)
+    assert (options(size="64x32").fields["width"], options(size="64x32").fields["height"]) == (64, 32)
     with pytest.raises(UserError, match="not both"):
         options(size="64x64", width=64)
     with pytest.raises(UserError, match="only format is json"):

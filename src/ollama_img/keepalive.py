@@ -19,23 +19,24 @@ _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _NUMBER = re.compile(r"[+-]?(\d+(?:\.\d*)?|\.\d+)")
 
 
-def parse_keepalive(value) -> float:
-    """Seconds to keep a model loaded after its last job: FOREVER for a negative value, 0 to unload at once."""
+def parse_keepalive(value, name: str = "keep_alive") -> float:
+    """Seconds to keep a model loaded after its last job: FOREVER for a negative value, 0 to unload at once.
+
+    A bad value is a UserError that calls it `name` (the API field, a flag, a variable).
+    """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise UserError(
-            f"invalid keep_alive {value!r}: use a duration such as 5m, 30s, 1h, or -1 for forever"
-        )
+        raise UserError(f"invalid {name} {value!r}: use a duration such as 5m, 30s, 1h, or -1 for forever")
     try:
-        seconds = float(value) if isinstance(value, int | float) else _parse_text(value.strip())
+        seconds = float(value) if isinstance(value, int | float) else _parse_text(value.strip(), name)
     except OverflowError:  # an integer beyond any float
         seconds = math.inf
     if not math.isfinite(seconds):
         shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
-        raise UserError(f"invalid keep_alive {shown}: not a finite duration; use e.g. 5m, or -1 for forever")
+        raise UserError(f"invalid {name} {shown}: not a finite duration; use e.g. 5m, or -1 for forever")
     return FOREVER if seconds < 0 else seconds
 
 
-def _parse_text(text: str) -> float:
+def _parse_text(text: str, name: str) -> float:
     if _NUMBER.fullmatch(text):
         return float(text)  # a bare number is seconds, as ollama
     sign = -1.0 if text.startswith("-") else 1.0
@@ -45,13 +46,13 @@ def _parse_text(text: str) -> float:
         match = _PART.match(body, pos)
         if not match:
             raise UserError(
-                f"invalid keep_alive {text!r}: use a duration such as 5m, 30s, 1h30m, a number of seconds, "
+                f"invalid {name} {text!r}: use a duration such as 5m, 30s, 1h30m, a number of seconds, "
                 "or -1 for forever"
             )
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if not body:
-        raise UserError("invalid keep_alive '': use a duration such as 5m")
+        raise UserError(f"invalid {name} '': use a duration such as 5m")
     return sign * total
 
 

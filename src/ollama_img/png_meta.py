@@ -23,7 +23,7 @@ class Recipe:
     negative_prompt: str | None
     seed: int
     steps: int
-    guidance: float
+    guidance: float | None  # None: the model takes no guidance scale
     width: int
     height: int
     model: str
@@ -36,13 +36,14 @@ class Recipe:
             "negative_prompt": self.negative_prompt or "",
             "seed": str(self.seed),
             "steps": str(self.steps),
-            "guidance": repr(float(self.guidance)),
             "size": f"{self.width}x{self.height}",
             "model": self.model,
             "model_digest": self.digest or "",
             "version": __version__,
             "Software": SOFTWARE,
         }
+        if self.guidance is not None:
+            chunks["guidance"] = repr(float(self.guidance))
         if self.teacache is not None:
             chunks["teacache"] = repr(float(self.teacache))
         return chunks

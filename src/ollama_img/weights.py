@@ -22,6 +22,7 @@ from ollama_img.quantization import QuantParams
 if TYPE_CHECKING:
     import mlx.core as mx
 
+    from ollama_img.models.interface import Capabilities
     from ollama_img.store import Manifest, Store
 
 
@@ -36,6 +37,7 @@ class ComponentWeights:
 class WeightSource(Protocol):
     label: str  # what to call the model in messages: a store name or a folder path
     digest: str | None  # the manifest digest for a store model, None for a folder
+    capabilities: Capabilities | None  # what the store records the model can do; None for a folder
 
     def read_json(self, relpath: str) -> dict: ...
 
@@ -51,6 +53,7 @@ class FolderSource:
         self.root = Path(root).expanduser().resolve()
         self.label = str(self.root)
         self.digest = None
+        self.capabilities = None
         if not (self.root / "model_index.json").is_file():
             raise UserError(f"{self.root} is not a model folder: model_index.json is missing")
 
@@ -93,6 +96,7 @@ class StoreSource:
         self.manifest: Manifest = store.manifest(name)
         self.label = str(self.manifest.name)
         self.digest = self.manifest.digest
+        self.capabilities = self.manifest.config.capabilities
         self._layers = {layer.name: layer for layer in self.manifest.layers}
 
     def read_text(self, relpath: str) -> str | None:

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
@@ -21,9 +21,26 @@ from ollama_img.cli import outputs
 from ollama_img.cli.app import OPTIONAL_VALUES, app
 from ollama_img.cli.completion import complete_model_names
 from ollama_img.cli.progress import make_progress
-from ollama_img.engine.params import MAX_IMAGES, generate_params, parse_size
+from ollama_img.engine.params import generate_params, parse_size
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
+from ollama_img.options import (
+    COUNT,
+    GUIDANCE,
+    HEIGHT,
+    KEEP_ALIVE,
+    MAX_IMAGES,
+    NEGATIVE_PROMPT,
+    OPTIONS,
+    SEED,
+    STEPS,
+    TEACACHE,
+    WIDTH,
+    Option,
+    check_sizes,
+    check_supported,
+    flag_name,
+)
 from ollama_img.teacache import DEFAULT_THRESHOLD
 
 NS = 1e9
@@ -36,38 +53,27 @@ Anything else is a prompt: one image per line."""
 @dataclass
 class RunOptions:
     model: str
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    seed: int | None = None
-    guidance: float | None = None
-    negative: str | None = None
-    teacache: float | None = None
+    fields: dict[str, object] = field(default_factory=dict)  # what the flags set, by API field
     output: str | None = None
-    count: int = 1
     no_open: bool = False
-    keepalive: str | None = None
     json: bool = False
+
+    @property
+    def count(self) -> int:
+        return self.fields.get(COUNT.field) or 1
 
     def request(self, prompt: str | None) -> dict:
         """The /api/generate body; no prompt asks the engine to load the model only."""
         body = {"model": self.model}
         if prompt is not None:
             body["prompt"] = prompt
-            fields = {
-                "width": self.width,
-                "height": self.height,
-                "steps": self.steps,
-                "seed": self.seed,
-                "guidance": self.guidance,
-                "negative_prompt": self.negative,
-                "teacache": self.teacache,
-            }
-            body.update({k: v for k, v in fields.items() if v is not None})
-            if self.count != 1:
-                body["n"] = self.count
-        if self.keepalive is not None:
-            body["keep_alive"] = self.keepalive
+            body.update(
+                (key, value)
+                for key, value in self.fields.items()
+                if value is not None and key != KEEP_ALIVE.field and not (key == COUNT.field and value == 1)
+            )
+        if self.fields.get(KEEP_ALIVE.field) is not None:
+            body[KEEP_ALIVE.field] = self.fields[KEEP_ALIVE.field]
         return body
 
 
@@ -185,46 +191,29 @@ def interactive(options: RunOptions):
             print(f"Error: {exc}", file=sys.stderr)
 
 
-# The flag each request field comes from, so a rejected value is named as the user typed it.
-FLAGS = {
-    "width": "--width",
-    "height": "--height",
-    "steps": "--steps",
-    "seed": "--seed",
-    "guidance": "--guidance",
-    "negative_prompt": "--negative",
-    "teacache": "--teacache",
-    "n": "--count",
-}
-
-
 def build_options(
     model: str,
     *,
-    width: int | None = None,
-    height: int | None = None,
     size: str | None = None,
-    steps: int | None = None,
-    seed: int | None = None,
-    guidance: float | None = None,
-    negative: str | None = None,
     output: str | None = None,
-    count: int = 1,
     no_open: bool = False,
-    keepalive: str | None = None,
     format_: str | None = None,
-    teacache: float | None = None,
+    **flags,
 ) -> RunOptions:
-    """Check the flags before anything starts, so mistakes cost nothing."""
+    """Check the flags before anything starts, so mistakes cost nothing. `flags` are run's parameters
+    for the options table (`width`, `negative`, `count`, ...)."""
     if os.sep in model and Path(model).expanduser().is_dir():
         raise UserError(
             f"run takes a model name, not a folder; import it first: ollama-img create NAME -f {model}"
         )
     model = str(ModelName.parse(model))
+    fields = {option.field: flags.pop(option.param, None) for option in OPTIONS}
+    if flags:
+        raise TypeError(f"unknown run options {sorted(flags)}")
     if size is not None:
-        if width is not None or height is not None:
+        if fields[WIDTH.field] is not None or fields[HEIGHT.field] is not None:
             raise UserError("use --size or --width/--height, not both")
-        width, height = parse_size(size)
+        fields[WIDTH.field], fields[HEIGHT.field] = parse_size(size)
     if format_ is not None and format_ != "json":
         raise UserError(f"unsupported --format {format_!r}: the only format is json")
     if output == outputs.STDOUT and format_ == "json":
@@ -233,36 +222,37 @@ def build_options(
         raise UserError(
             "refusing to write PNG bytes to a terminal: redirect stdout (-o - > image.png) or pipe it"
         )
-    options = RunOptions(
-        model=model,
-        width=width,
-        height=height,
-        steps=steps,
-        seed=seed,
-        guidance=guidance,
-        negative=negative,
-        output=output,
-        count=count,
-        no_open=no_open,
-        keepalive=keepalive,
-        json=format_ == "json",
-        teacache=teacache,
-    )
+    options = RunOptions(model=model, fields=fields, output=output, no_open=no_open, json=format_ == "json")
     check_request(options)
-    outputs.check_output(output, count)
+    outputs.check_output(output, options.count)
     return options
 
 
 def check_request(options: RunOptions):
-    """The engine's own checks on the request these flags make (no model needed), naming the flags."""
+    """The engine's own checks on the request these flags make, naming the flags: the values, then (for
+    a model in this store) what the model can do."""
+    asked = generate_params(options.request("-"), options.model, "-", name=flag_name).asked()
+    capabilities = _recorded_capabilities(options.model)
+    if capabilities is not None:
+        check_supported(options.model, asked, capabilities, flag_name)
+        check_sizes(asked, capabilities)
+
+
+def _recorded_capabilities(model: str):
+    """The capabilities the store records for `model`; None when it is not there (or damaged): the
+    engine, which may use another store, answers for it then."""
+    from ollama_img.store import Store
+
     try:
-        generate_params(options.request("-"), options.model, "-")
-    except UserError as exc:
-        message = str(exc)
-        for field, flag in FLAGS.items():
-            if message.startswith(f"'{field}' "):
-                message = flag + message.removeprefix(f"'{field}'")
-        raise UserError(message.replace("keep_alive", "--keepalive", 1)) from None
+        return Store().manifest(model).config.capabilities
+    except UserError:
+        return None
+
+
+def _flag(option: Option, **extra):
+    """run's typer option for an entry of the options table."""
+    names = [option.flag, *([option.short] if option.short else [])]
+    return typer.Option(None, *names, help=option.help, **extra)
 
 
 OPTIONAL_VALUES["--teacache"] = str(DEFAULT_THRESHOLD)
@@ -278,32 +268,23 @@ def run(
         metavar="PROMPT",
         help="What the image should show. Read from stdin when piped; interactive when omitted.",
     ),
-    width: int | None = typer.Option(None, "--width", help="Image width in pixels (a multiple of 16)."),
-    height: int | None = typer.Option(None, "--height", help="Image height in pixels (a multiple of 16)."),
+    width: int | None = _flag(WIDTH),
+    height: int | None = _flag(HEIGHT),
     size: str | None = typer.Option(None, "--size", help="WIDTHxHEIGHT, e.g. 1024x768."),
-    steps: int | None = typer.Option(None, "--steps", help="Denoising steps (default: the model's)."),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed, for reproducible images."),
-    guidance: float | None = typer.Option(None, "--guidance", help="Guidance scale (default: the model's)."),
-    negative: str | None = typer.Option(None, "--negative", help="Negative prompt: what to avoid."),
+    steps: int | None = _flag(STEPS),
+    seed: int | None = _flag(SEED),
+    guidance: float | None = _flag(GUIDANCE),
+    negative: str | None = _flag(NEGATIVE_PROMPT),
     output: str | None = typer.Option(
         None, "--output", "-o", help="A file, a folder, or - for PNG bytes on stdout (default: this folder)."
     ),
-    count: int = typer.Option(
-        1, "--count", "-n", min=1, max=MAX_IMAGES, help="Number of images (seeds seed, seed+1, ...)."
-    ),
+    count: int = typer.Option(1, COUNT.flag, COUNT.short, min=1, max=MAX_IMAGES, help=COUNT.help),
     no_open: bool = typer.Option(False, "--no-open", help="Do not open the image in a viewer."),
-    keepalive: str | None = typer.Option(
-        None, "--keepalive", help="How long the model stays loaded afterwards: 5m, 1h, 0, -1 (forever)."
-    ),
+    keepalive: str | None = _flag(KEEP_ALIVE),
     format_: str | None = typer.Option(
         None, "--format", help="json: print one JSON object (paths, seeds, timings)."
     ),
-    teacache: float | None = typer.Option(
-        None,
-        "--teacache",
-        metavar="[THRESHOLD]",
-        help=f"Skip transformer passes on steps that change little (TeaCache); alone: {DEFAULT_THRESHOLD}, 0: off.",
-    ),
+    teacache: float | None = _flag(TEACACHE, metavar="[THRESHOLD]"),
 ):
     """Generate images from a prompt (starts the engine if needed)."""
     options = build_options(

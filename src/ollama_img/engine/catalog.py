@@ -11,6 +11,7 @@ from ollama_img.engine import utc_iso
 from ollama_img.names import ModelName
 
 if TYPE_CHECKING:
+    from ollama_img.models.interface import Capabilities
     from ollama_img.store.config import ModelConfig
 
 
@@ -23,6 +24,12 @@ def _store():
 def resolve(name: str) -> str | None:
     """The manifest digest of a model, or NotFound (404) with the store's hint."""
     return _store().manifest(name).digest
+
+
+def lookup(name: str) -> tuple[str, Capabilities | None]:
+    """The manifest digest of a model and what its record says it can do, or NotFound (404)."""
+    manifest = _store().manifest(name)
+    return manifest.digest, manifest.config.capabilities
 
 
 def short_id(digest: str | None) -> str:

@@ -71,8 +71,9 @@ async def events_until_disconnect(request: Request, scheduler: Scheduler, job: J
 
 
 async def submit(request: Request, params: GenerateParams) -> tuple[Scheduler, Job]:
-    """Check the model exists (404 otherwise) and that a loaded model can do it (400), then queue it."""
+    """Check the model exists (404 otherwise) and can do what is asked (400, naming the option or
+    size it cannot), then queue it."""
     scheduler: Scheduler = request.app.state.scheduler
-    digest = await run_in_threadpool(catalog.resolve, params.model)
-    scheduler.check(params)
+    digest, capabilities = await run_in_threadpool(catalog.lookup, params.model)
+    scheduler.check(params, capabilities)
     return scheduler, scheduler.submit(params, digest)

@@ -47,7 +47,7 @@ class Result:
     width: int
     height: int
     steps: int
-    guidance: float
+    guidance: float | None  # None: the model takes no guidance scale
     timings: Timings
 
 

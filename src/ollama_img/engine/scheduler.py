@@ -32,6 +32,8 @@ from ollama_img.engine.jobs import (
 )
 from ollama_img.engine.params import GenerateParams
 from ollama_img.errors import UserError
+from ollama_img.models.interface import Capabilities
+from ollama_img.options import OPTIONS, check_sizes, check_supported
 from ollama_img.png_meta import Recipe, encode_png
 
 log = logging.getLogger("ollama_img.engine")
@@ -123,11 +125,15 @@ class Scheduler:
     def loaded_models(self) -> list[LoadedModel]:
         return sorted(self._loaded.values(), key=lambda m: m.name)
 
-    def check(self, params: GenerateParams):
-        """Reject a request the loaded model cannot do, before it waits in the queue."""
+    def check(self, params: GenerateParams, capabilities: Capabilities | None):
+        """Reject a request the model cannot do before it waits in the queue: against the loaded
+        pipeline, else against the capabilities its record lists (None: checked once it is loaded)."""
         model = self._loaded.get(params.model)
         if model is not None:
             self._validate(model.pipe, params)
+        elif capabilities is not None:
+            check_supported(params.model, params.asked(), capabilities)
+            check_sizes(params.asked(), capabilities)
 
     def submit(self, params: GenerateParams, digest: str | None) -> Job:
         """Queue a job; its events say where it stands. An empty prompt only loads the model."""
@@ -199,7 +205,7 @@ class Scheduler:
         self._running = job
         timings = Timings(queue=time.monotonic() - job.created)
         params = job.params
-        keepalive = self.default_keepalive if params.keepalive is None else params.keepalive
+        keepalive = self.default_keepalive if params.keep_alive is None else params.keep_alive
         try:
             job.check_cancelled()
             model = await self._ensure_loaded(job, timings)
@@ -310,14 +316,16 @@ class Scheduler:
     def _resolve(pipe, params: GenerateParams) -> dict:
         """The request with the pipeline's defaults (size, steps, guidance) for what it leaves out."""
         defaults = pipe.defaults
+        guidance = defaults.guidance if params.guidance is None else params.guidance
         return {
             "width": params.width or defaults.width,
             "height": params.height or defaults.height,
             "steps": params.steps or defaults.steps,
-            "guidance": defaults.guidance if params.guidance is None else params.guidance,
+            "guidance": guidance if pipe.capabilities.guidance else None,
         }
 
     def _validate(self, pipe, params: GenerateParams) -> dict:
+        check_supported(params.model, params.asked(), pipe.capabilities)
         resolved = self._resolve(pipe, params)
         try:
             pipe.validate(width=resolved["width"], height=resolved["height"], steps=resolved["steps"])
@@ -325,10 +333,23 @@ class Scheduler:
             raise UserError(str(exc)) from None
         return resolved
 
+    @staticmethod
+    def _model_options(pipe, params: GenerateParams, resolved: dict) -> dict:
+        """generate()'s keywords for the options of the model's capabilities that have a value: the
+        request's, else the model's default (guidance)."""
+        chosen = {**params.asked(), **resolved}
+        return {
+            option.field: chosen[option.field]
+            for option in OPTIONS
+            if option.capability
+            and getattr(pipe.capabilities, option.capability)
+            and chosen.get(option.field) is not None
+        }
+
     def _generate(self, job: Job, model: LoadedModel):
         params = job.params
         resolved = self._validate(model.pipe, params)
-        extra = {} if params.teacache is None else {"teacache": params.teacache}
+        options = self._model_options(model.pipe, params, resolved)
         first_seed = params.seed if params.seed is not None else _random_seed()
         resolved["seeds"] = [first_seed + i for i in range(params.n)]
         images = []
@@ -345,11 +366,9 @@ class Scheduler:
                     width=resolved["width"],
                     height=resolved["height"],
                     steps=resolved["steps"],
-                    guidance=resolved["guidance"],
-                    negative_prompt=params.negative_prompt,
                     seed=seed,
                     on_step=on_step,
-                    **extra,
+                    **options,
                 )
             )
         return images, resolved
@@ -386,7 +405,7 @@ class Scheduler:
             width=resolved.get("width", 0),
             height=resolved.get("height", 0),
             steps=resolved.get("steps", 0),
-            guidance=resolved.get("guidance", 0.0),
+            guidance=resolved.get("guidance"),
             timings=timings,
         )
 

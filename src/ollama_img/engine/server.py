@@ -116,7 +116,7 @@ async def _load_or_unload(request: Request, model: str, keep: float | None, stre
     if keep == 0:
         await scheduler.stop(model)
         return JSONResponse({"model": model, "created_at": utc_iso(), "done": True, "done_reason": "unload"})
-    job = scheduler.submit(GenerateParams(model=model, prompt="", keepalive=keep), digest)
+    job = scheduler.submit(GenerateParams(model=model, prompt="", keep_alive=keep), digest)
     return await respond(request, scheduler, job, model, stream)
 
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ollama_img.errors import UserError
 from ollama_img.models.interface import Capabilities
 from ollama_img.quantization import QuantRule
+
+if TYPE_CHECKING:
+    from ollama_img.weights import WeightSource
 
 ReadJson = Callable[[str], dict]  # a model file's JSON object by its path in the folder ("vae/config.json")
 
@@ -37,6 +41,12 @@ class Architecture:
     capabilities: Callable[[ReadJson], Capabilities]  # what a model can do, from its config files
     size_unit: int  # its released models' image sides are multiples of this (VAE scale x patch size)
     quantization: QuantRule | None = None  # what `create --quantize` quantizes; None: not supported
+
+    def capabilities_of(self, source: WeightSource) -> Capabilities:
+        """What a model loaded from `source` can do: what its config files say, narrowed to what the store
+        recorded for it (a store model's record is what the engine checks requests against)."""
+        found = self.capabilities(source.read_json)
+        return found if source.capabilities is None else found.intersection(source.capabilities)
 
     def quantization_rule(self) -> QuantRule:
         if self.quantization is None:

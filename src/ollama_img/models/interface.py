@@ -19,6 +19,7 @@ Plain Python (no MLX): `create`, `show` and the CLI read capabilities from the s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -61,6 +62,21 @@ class Capabilities:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def intersection(self, other: Capabilities) -> Capabilities:
+        """What both allow: a store model can do what its record lists and this version's code can do."""
+        a, b = self.sizes, other.sizes
+        sizes = SizeLimits(
+            unit=math.lcm(a.unit, b.unit),
+            max_width=min(a.max_width, b.max_width),
+            max_height=min(a.max_height, b.max_height),
+        )
+        values = {
+            f.name: min(getattr(self, f.name), getattr(other, f.name))
+            for f in fields(self)
+            if f.name != "sizes"
+        }
+        return Capabilities(sizes=sizes, **values)
 
     @classmethod
     def from_json(cls, obj) -> Capabilities:

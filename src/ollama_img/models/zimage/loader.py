@@ -9,7 +9,7 @@ from ollama_img.models.chat_tokenizer import load_tokenizer
 from ollama_img.models.configs import AutoencoderKLConfig, Qwen3Config
 from ollama_img.models.loading import ComponentLoader
 from ollama_img.models.qwen3 import Qwen3TextEncoder
-from ollama_img.models.zimage import capabilities
+from ollama_img.models.zimage import ARCHITECTURE
 from ollama_img.models.zimage.config import ZImageConfig
 from ollama_img.models.zimage.pipeline import ZImagePipeline
 from ollama_img.models.zimage.transformer import ZImageTransformer
@@ -44,7 +44,7 @@ def load(
         transformer=transformer,
         vae=vae,
         scheduler_config=source.read_json("scheduler/scheduler_config.json"),
-        capabilities=capabilities(source.read_json),
+        capabilities=ARCHITECTURE.capabilities_of(source),
         dtype=loader.dtype,
         name=source.label,
         digest=source.digest,

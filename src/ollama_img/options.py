@@ -1,0 +1,173 @@
+"""The options of a generation request, declared once: the API's fields and `run`'s flags.
+
+Each `Option` names its API field (also the pipeline's `generate` keyword), its `run` flag, its help
+text, how a value is checked, and the model capability it needs (None: every model takes it). The
+engine (`engine/params.py`) checks request bodies with these options, and `run` builds its flags from
+them and checks them with the same code before anything starts. Every check is handed the name to
+report, so a bad value is named as the user spelled it: `'steps'` in an API answer, `--steps` on
+the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ollama_img.errors import UserError
+from ollama_img.keepalive import parse_keepalive
+from ollama_img.models import size_unit
+from ollama_img.teacache import DEFAULT_THRESHOLD
+
+if TYPE_CHECKING:
+    from ollama_img.models.interface import Capabilities
+
+MAX_IMAGES = 10  # as OpenAI's images API
+MAX_SEED = 2**63 - 1
+MAX_STEPS = 10_000  # far beyond any useful schedule; a bigger number is a typo, not a request
+
+
+def shown(value, limit: int = 40) -> str:
+    """A value as JSON for an error message, cut short when long (a 400-digit number, a huge list)."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+# -- checks: (value, the name to report) -> the checked value -----------------------------------------
+
+
+def whole(minimum: int, maximum: int | None = None) -> Callable[[object, str], int]:
+    def read(value, name: str) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{name} must be an integer, got {shown(value)}")
+        if value < minimum:
+            raise UserError(f"{name} must be at least {minimum}, got {shown(value)}")
+        if maximum is not None and value > maximum:
+            raise UserError(f"{name} must be at most {maximum}, got {shown(value)}")
+        return value
+
+    return read
+
+
+def number(minimum: float) -> Callable[[object, str], float]:
+    def read(value, name: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{name} must be a number, got {shown(value)}")
+        try:
+            result = float(value)
+        except OverflowError:  # an integer beyond any float
+            result = math.inf
+        if not math.isfinite(result):
+            raise UserError(f"{name} must be a finite number, got {shown(value)}")
+        if result < minimum:
+            raise UserError(f"{name} must be at least {minimum:g}, got {shown(value)}")
+        return result
+
+    return read
+
+
+def text(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{name} must be a string, got {shown(value)}")
+    return value
+
+
+def side(value, name: str) -> int:
+    """An image side: a multiple of what every family's sides are multiples of (each model then checks
+    its own unit and limits)."""
+    unit = size_unit()
+    value = whole(unit)(value, name)
+    if value % unit:
+        raise UserError(f"{name} must be a multiple of {unit}, got {value}")
+    return value
+
+
+def keep_alive(value, name: str) -> float:
+    return parse_keepalive(value, name)
+
+
+# -- the table -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str  # the API's field and the pipeline's generate() keyword
+    flag: str  # run's flag
+    help: str
+    read: Callable[[object, str], object]  # (value, name to report) -> the checked value
+    capability: str | None = None  # the `Capabilities` attribute a model needs for it
+    short: str | None = None  # run's one-letter flag
+
+    @property
+    def api_name(self) -> str:
+        return f"'{self.field}'"
+
+    @property
+    def param(self) -> str:
+        """The parameter of `run` that takes it."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+WIDTH = Option("width", "--width", "Image width in pixels (default: the model's).", side)
+HEIGHT = Option("height", "--height", "Image height in pixels (default: the model's).", side)
+STEPS = Option("steps", "--steps", "Denoising steps (default: the model's).", whole(1, MAX_STEPS))
+SEED = Option("seed", "--seed", "Random seed, for reproducible images.", whole(0, MAX_SEED))
+GUIDANCE = Option(
+    "guidance", "--guidance", "Guidance scale (default: the model's).", number(0.0), capability="guidance"
+)
+NEGATIVE_PROMPT = Option(
+    "negative_prompt", "--negative", "Negative prompt: what to avoid.", text, capability="negative_prompt"
+)
+COUNT = Option(
+    "n", "--count", "Number of images (seeds seed, seed+1, ...).", whole(1, MAX_IMAGES), short="-n"
+)
+KEEP_ALIVE = Option(
+    "keep_alive",
+    "--keepalive",
+    "How long the model stays loaded afterwards: 5m, 1h, 0, -1 (forever).",
+    keep_alive,
+)
+TEACACHE = Option(
+    "teacache",
+    "--teacache",
+    f"Skip transformer passes on steps that change little (TeaCache); alone: {DEFAULT_THRESHOLD}, 0: off.",
+    number(0.0),
+    capability="teacache",
+)
+
+OPTIONS = (WIDTH, HEIGHT, STEPS, SEED, GUIDANCE, NEGATIVE_PROMPT, COUNT, KEEP_ALIVE, TEACACHE)
+BY_FIELD = {option.field: option for option in OPTIONS}
+
+
+def api_name(option: Option) -> str:
+    return option.api_name
+
+
+def flag_name(option: Option) -> str:
+    return option.flag
+
+
+def check_supported(
+    model: str, asked: dict[str, object], capabilities: Capabilities, name: Callable[[Option], str] = api_name
+) -> None:
+    """A UserError naming the first option in `asked` (fields with a value) the model cannot take."""
+    for field, value in asked.items():
+        option = BY_FIELD.get(field)
+        needs = option.capability if option is not None else None
+        if value is not None and needs and not getattr(capabilities, needs):
+            raise UserError(f"{model} does not support {name(option)}")
+
+
+def check_sizes(asked: dict[str, object], capabilities: Capabilities) -> None:
+    """A UserError when an asked side is one the model cannot make (its unit and limits)."""
+    for option in (WIDTH, HEIGHT):
+        value = asked.get(option.field)
+        if value is not None:
+            try:
+                capabilities.sizes.check(option.field, value)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
