@@ -70,3 +70,24 @@ def test_large_convolutions_run_in_strips_with_the_same_result_and_less_scratch(
     strips_peak, strips = peak_and_output()
     np.testing.assert_array_equal(strips, whole)
     assert strips_peak < whole_peak / 2
+
+
+def test_a_folder_loads_the_files_the_importer_stores_not_every_safetensors(tmp_path, tiny_folder):
+    """Variants beside a component's weights (`<stem>.<variant>.safetensors`) are neither imported nor
+    loaded: diffusers reads `<stem>.safetensors` (or its index's shards) only."""
+    from ollama_img.store import Store, import_folder, inspect_folder
+
+    folder = tmp_path / "with-variant"
+    shutil.copytree(tiny_folder, folder)
+    weights = dict(mx.load(str(folder / "vae/diffusion_pytorch_model.safetensors")))
+    mx.save_safetensors(
+        str(folder / "vae/diffusion_pytorch_model.v2.safetensors"), {k: v * 0 for k, v in weights.items()}
+    )
+    kwargs = dict(width=32, height=32, steps=2, seed=9)
+    want = np.asarray(load_pipeline(tiny_folder).generate("a red horse", **kwargs))
+    assert np.array_equal(np.asarray(load_pipeline(folder).generate("a red horse", **kwargs)), want)
+    store = Store(tmp_path / "store")
+    manifest = import_folder(store, "v", inspect_folder(folder)).manifest
+    assert {layer.name for layer in manifest.component_layers("vae") if layer.is_tensor} == {
+        f"vae/{k}" for k in weights
+    }

@@ -1,5 +1,5 @@
 from ollama_img.cli.engine_commands import PS_HEADERS, ps_rows
-from ollama_img.cli.formatting import human_duration, human_until, table
+from ollama_img.formatting import human_duration, human_until, table
 
 
 def test_until_reads_like_ollama_ps():

@@ -5,7 +5,7 @@ import os
 import re
 import time
 
-from ollama_img.cli.formatting import human_age, human_bytes, human_count
+from ollama_img.formatting import human_age, human_bytes, human_count
 from tests.conftest import assert_store_consistent, snapshot
 
 

@@ -68,19 +68,17 @@ class FolderSource:
         return _parse_json(text, f"{self.label}/{relpath}")
 
     def weights(self, component: str) -> ComponentWeights:
+        """The component's tensors, from the files the importer would store (`store.folder.weight_files`)."""
+        from ollama_img.models import architecture_for
+        from ollama_img.store.folder import weight_files
+
         mx = require_mlx()
-        folder = self.root / component
-        files = sorted(folder.glob("*.safetensors"))
-        index = next(folder.glob("*.safetensors.index.json"), None)
-        if index is not None:
-            weight_map = _parse_json(index.read_text(), str(index)).get("weight_map", {})
-            files = [folder / name for name in sorted(set(weight_map.values()))]
-        if not files:
-            raise UserError(f"{self.label}: no safetensors weights in {component}/")
+        architecture = architecture_for(self.read_json("model_index.json").get("_class_name"))
+        declared = {c.name: c for c in architecture.components if c.weights}
+        if component not in declared:
+            raise UserError(f"{self.label}: {architecture.class_name} has no weights in {component}/")
         out: dict[str, mx.array] = {}
-        for f in files:
-            if not f.is_file():
-                raise UserError(f"{self.label}: {component}/{f.name} is missing (named by the index)")
+        for f in weight_files(self.root / component, declared[component]):
             try:
                 out.update(mx.load(str(f)))
             except Exception as exc:  # mlx raises RuntimeError/ValueError for malformed files

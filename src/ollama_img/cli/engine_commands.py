@@ -7,7 +7,7 @@ import typer
 
 from ollama_img.cli.app import app
 from ollama_img.cli.completion import complete_model_names
-from ollama_img.cli.formatting import human_bytes, human_until, table
+from ollama_img.formatting import human_bytes, human_until, table
 from ollama_img.names import ModelName
 
 PS_HEADERS = ["NAME", "ID", "SIZE", "PROCESSOR", "UNTIL"]

@@ -20,8 +20,8 @@ from rich.progress import (
 
 from ollama_img.backend import require_mlx
 from ollama_img.cli.app import app
-from ollama_img.cli.formatting import human_age, human_bytes, human_count, table
 from ollama_img.errors import UserError
+from ollama_img.formatting import human_age, human_bytes, human_count, table
 from ollama_img.models.interface import Capabilities
 from ollama_img.names import ModelName
 from ollama_img.quantization import TYPES, QuantType, parse_quant_type

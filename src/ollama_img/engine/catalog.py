@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ollama_img.engine import utc_iso
+from ollama_img.formatting import human_count
 from ollama_img.names import ModelName
 
 if TYPE_CHECKING:
@@ -77,8 +78,6 @@ def show(name: str) -> dict:
 
 
 def _details(config: ModelConfig) -> dict:
-    from ollama_img.cli.formatting import human_count
-
     family = config.family
     count = config.parameter_count
     return {

@@ -62,9 +62,9 @@ class LoadedModel:
         return self.expires_at - time.monotonic()
 
 
-def _release(holder: list):
-    """Drop the last reference to a pipeline on the worker thread and give its memory back."""
-    holder.clear()
+def _release(model: LoadedModel):
+    """Drop the model's pipeline (its last reference) on the worker thread and give its memory back."""
+    model.pipe = None
     gc.collect()
     try:
         import mlx.core as mx
@@ -109,10 +109,10 @@ class Scheduler:
         for task in finishing:
             task.cancel()
         await asyncio.gather(*finishing, return_exceptions=True)
-        holders = [[m.pipe] for m in self._loaded.values()]
+        models = list(self._loaded.values())
         self._loaded.clear()
-        for holder in holders:
-            self._worker.submit(_release, holder)
+        for model in models:
+            self._worker.submit(_release, model)
         self._worker.shutdown(wait=False, cancel_futures=False)
 
     # -- what the HTTP side asks -----------------------------------------------------------------
@@ -291,9 +291,7 @@ class Scheduler:
     async def _unload(self, model: LoadedModel):
         if self._loaded.get(model.name) is model:
             del self._loaded[model.name]
-        holder = [model.pipe]
-        model.pipe = None
-        await self._in_worker(_release, holder)
+        await self._in_worker(_release, model)
         model.unloaded.set()
         log.info("unloaded %s", model.name)
 

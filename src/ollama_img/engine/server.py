@@ -11,10 +11,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
@@ -208,29 +210,35 @@ async def on_unexpected(request: Request, exc: Exception):
 # -- the app ---------------------------------------------------------------------------------------
 
 
-class ActivityTracker:
-    """Counts requests in flight and remembers the last one, so the idle engine knows when to leave."""
+@dataclass
+class Activity:
+    """Requests in flight and when the last one came or went, so the idle engine knows when to leave."""
 
-    def __init__(self, app):
+    active: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class ActivityTracker:
+    """ASGI middleware that keeps an `Activity` up to date."""
+
+    def __init__(self, app, activity: Activity):
         self.app = app
-        self.active = 0
-        self.last_seen = time.monotonic()
+        self.activity = activity
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        self.active += 1
-        self.last_seen = time.monotonic()
+        activity = self.activity
+        activity.active += 1
+        activity.last_seen = time.monotonic()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.active -= 1
-            self.last_seen = time.monotonic()
+            activity.active -= 1
+            activity.last_seen = time.monotonic()
 
 
-async def watch_idle(
-    scheduler: Scheduler, activity: ActivityTracker, grace: float, on_idle: Callable[[], None]
-):
+async def watch_idle(scheduler: Scheduler, activity: Activity, grace: float, on_idle: Callable[[], None]):
     """Call `on_idle` once nothing has been loaded, queued or asked for during `grace` seconds."""
     idle_since = None
     while True:
@@ -269,7 +277,7 @@ def create_app(
         scheduler.start()
         watcher = None
         if idle_exit is not None and on_idle is not None:
-            watcher = asyncio.create_task(watch_idle(scheduler, tracker, idle_exit, on_idle))
+            watcher = asyncio.create_task(watch_idle(scheduler, activity, idle_exit, on_idle))
         try:
             yield
         finally:
@@ -277,12 +285,13 @@ def create_app(
                 watcher.cancel()
             await scheduler.close()
 
+    activity = Activity()
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(ActivityTracker, activity=activity)],
         lifespan=lifespan,
         exception_handlers={UserError: on_user_error, HTTPException: on_http_error, Exception: on_unexpected},
     )
     app.state.scheduler = scheduler
     app.state.processor = processor
-    tracker = ActivityTracker(app)  # set before the lifespan runs (at server start-up)
-    return tracker
+    return app

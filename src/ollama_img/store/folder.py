@@ -146,15 +146,19 @@ def _inspect_component(folder: Path, component: Component, model_index: dict) ->
     return ComponentPlan(component.name, class_name, tuple(items), shards)
 
 
-def _inspect_weights(folder: Path, directory: Path, component: Component) -> tuple[Shard, ...]:
-    """The component's safetensors files: `<stem>.safetensors`, or the shards its index names."""
+def weight_files(directory: Path, component: Component) -> list[Path]:
+    """The safetensors files of a component's weights, as diffusers picks them: `<stem>.safetensors`, else
+    the shards its index names (never other files there, such as `<stem>.fp16.safetensors` variants)."""
+    return _weight_files(directory, component)[0]
+
+
+def _weight_files(directory: Path, component: Component) -> tuple[list[Path], dict[str, str] | None]:
     stem, name = component.weights, component.name
     single = directory / f"{stem}.safetensors"
     index_path = directory / f"{stem}.safetensors.index.json"
     if single.is_file():
-        shard_names = [single.name]
-        weight_map = None
-    elif index_path.is_file():
+        return [single], None
+    if index_path.is_file():
         weight_map = _read_weight_map(index_path, f"{name}/{index_path.name}")
         shard_names = sorted(set(weight_map.values()))
         for shard in shard_names:
@@ -162,25 +166,32 @@ def _inspect_weights(folder: Path, directory: Path, component: Component) -> tup
                 raise UserError(
                     f"{name}/{index_path.name} names shard '{shard}', which is missing from {directory}"
                 )
-    else:
-        other = sorted(p.name for p in directory.glob(f"{stem}*.bin"))
-        hint = f" (found {other[0]}: only safetensors weights are supported)" if other else ""
-        raise UserError(f"missing weights in '{name}/': expected {single.name} or {index_path.name}{hint}")
+        return [directory / shard for shard in shard_names], weight_map
+    other = sorted(p.name for p in directory.glob(f"{stem}*.bin"))
+    hint = f" (found {other[0]}: only safetensors weights are supported)" if other else ""
+    raise UserError(f"missing weights in '{name}/': expected {single.name} or {index_path.name}{hint}")
+
+
+def _inspect_weights(folder: Path, directory: Path, component: Component) -> tuple[Shard, ...]:
+    """The component's safetensors files (`weight_files`), each header validated against the index."""
+    name = component.name
+    paths, weight_map = _weight_files(directory, component)
+    index_name = f"{component.weights}.safetensors.index.json"
     shards = []
     seen: dict[str, str] = {}
-    for shard_name in shard_names:
-        display = f"{name}/{shard_name}"
-        header = read_header(directory / shard_name, display)
+    for path in paths:
+        display = f"{name}/{path.name}"
+        header = read_header(path, display)
         for tensor in header.tensors:
             if tensor.name in seen:
                 raise UserError(f"tensor {tensor.name!r} is in both {seen[tensor.name]} and {display}")
             seen[tensor.name] = display
-        shards.append(Shard(name, directory / shard_name, display, header))
+        shards.append(Shard(name, path, display, header))
     if weight_map is not None:
         for tensor_name, shard_name in weight_map.items():
             if seen.get(tensor_name) != f"{name}/{shard_name}":
                 raise UserError(
-                    f"{name}/{index_path.name} puts tensor {tensor_name!r} in {shard_name}, "
+                    f"{name}/{index_name} puts tensor {tensor_name!r} in {shard_name}, "
                     "but that shard does not hold it"
                 )
     return tuple(shards)

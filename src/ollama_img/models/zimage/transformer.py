@@ -212,7 +212,6 @@ def run_blocks(blocks: list[TransformerBlock], x, cos, sin, weights, submit: boo
 class FinalLayer(nn.Module):
     def __init__(self, dim: int, out_features: int, adaln_dim: int):
         super().__init__()
-        self.norm_final = nn.LayerNorm(dim, eps=1e-6, affine=False)
         self.linear = nn.Linear(dim, out_features)
         self.adaLN_modulation = [nn.SiLU(), nn.Linear(adaln_dim, dim)]
 

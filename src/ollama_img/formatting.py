@@ -1,4 +1,5 @@
-"""Human-readable sizes, counts and ages, spelled the way ollama spells them ("12 GB", "2 minutes ago")."""
+"""Human-readable sizes, counts and ages, spelled the way ollama spells them ("12 GB", "2 minutes ago"):
+for the CLI's tables and the API's `parameter_size`."""
 
 import time
 
