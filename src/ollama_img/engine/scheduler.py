@@ -15,7 +15,6 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from ollama_img.engine.jobs import (
     CANCELLED,
@@ -32,7 +31,7 @@ from ollama_img.engine.jobs import (
 )
 from ollama_img.engine.params import GenerateParams
 from ollama_img.errors import UserError
-from ollama_img.models.interface import Capabilities
+from ollama_img.models.interface import Capabilities, ImagePipeline
 from ollama_img.options import OPTIONS, check_sizes, check_supported
 from ollama_img.png_meta import Recipe, encode_png
 
@@ -46,7 +45,7 @@ class LoadedModel:
 
     name: str
     digest: str | None
-    pipe: Any
+    pipe: ImagePipeline | None  # None once unloaded
     size: int
     expires_at: float = math.inf  # time.monotonic() deadline; inf = forever
     last_used: float = field(default_factory=time.monotonic)
