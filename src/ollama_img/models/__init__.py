@@ -9,10 +9,11 @@ modules of this package: the Qwen3 text encoder (`qwen3`), the chat-template tok
 
 A new family touches only:
   1. its own package, `models/<family>/`: `__init__.py` declaring `ARCHITECTURE` (plain Python, no MLX:
-     components, `capabilities(read_json)`, the `QuantRule` for `create --quantize`), `config.py` (its
-     config dataclasses), `loader.py` (`load(source, dtype=None)` -> its pipeline) and its model
-     modules; the pipeline class satisfies `ImagePipeline`; a LoRA key mapping, when the family gets
-     LoRA, belongs there too;
+     components, `capabilities(read_json)`, size unit, the `QuantRule` for `create --quantize`),
+     `config.py` (its config dataclasses), `loader.py` (`load(source, dtype=None)` -> its pipeline,
+     built with `loading.ComponentLoader`) and its model modules; the pipeline class satisfies
+     `ImagePipeline`. When the family takes LoRA adapters, the mapping from adapter keys (diffusers/PEFT,
+     kohya) to its module paths is its own too, beside its quantization rule;
   2. one line of `FAMILIES` below;
   3. its tests (tiny folders in the release layout, parity with the diffusers pipeline).
 """

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from ollama_img.models.configs import Qwen3Config
 
@@ -39,12 +40,15 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.rms_norm_eps)
         self.rope = nn.RoPE(cfg.head_dim, traditional=False, base=cfg.rope_theta)
 
-    def __call__(self, x: mx.array, mask: mx.array | str) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | str, keys: int | None) -> mx.array:
+        """`keys`: only the first `keys` positions are attended to (`mask` is (B, 1, L, keys) then)."""
         b, length, _ = x.shape
         q = self.q_norm(self.q_proj(x).reshape(b, length, self.n_heads, -1)).transpose(0, 2, 1, 3)
         k = self.k_norm(self.k_proj(x).reshape(b, length, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(b, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         q, k = self.rope(q), self.rope(k)
+        if keys is not None:
+            k, v = k[:, :, :keys], v[:, :, :keys]
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, length, -1))
 
@@ -68,8 +72,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def __call__(self, x: mx.array, mask: mx.array | str) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x), mask)
+    def __call__(self, x: mx.array, mask: mx.array | str, keys: int | None) -> mx.array:
+        x = x + self.self_attn(self.input_layernorm(x), mask, keys)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -94,16 +98,22 @@ class Qwen3TextEncoder(nn.Module):
             self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     def __call__(self, input_ids: mx.array, attention_mask: mx.array | None = None) -> mx.array:
-        """`attention_mask` (B, L), 1 for real tokens and 0 for padding, as a tokenizer returns it."""
+        """`attention_mask` (B, L), 1 for real tokens and 0 for padding, as a tokenizer returns it.
+
+        Keys past the last real token of every prompt are left out of attention altogether (no query
+        attends to them): a prompt right-padded to 512 tokens costs attention over its real tokens only.
+        """
         mask: mx.array | str = "causal"
+        keys = None
         if attention_mask is not None:
-            length = input_ids.shape[1]
-            causal = mx.tril(mx.ones((length, length), dtype=mx.bool_))
-            mask = causal[None, None] & (attention_mask[:, None, None, :] != 0)
+            real = np.flatnonzero(np.asarray(attention_mask).any(axis=0))
+            keys = int(real[-1]) + 1 if real.size else 1
+            causal = mx.arange(keys)[None, :] <= mx.arange(input_ids.shape[1])[:, None]
+            mask = causal[None, None] & (attention_mask[:, None, None, :keys] != 0)
         x = self.embed_tokens(input_ids)
         states = {0: x}
         for i, layer in enumerate(self.layers, 1):
-            x = layer(x, mask)
+            x = layer(x, mask, keys)
             states[i] = x
         if "norm" in self:
             states[self.config.num_hidden_layers] = self.norm(x)
