@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 from ollama_img.backend import require_mlx
@@ -10,12 +11,32 @@ from ollama_img.models import architecture_for
 from ollama_img.weights import open_source
 
 
-def load_pipeline(name_or_folder: str | Path, *, store=None, dtype=None):
+def load_pipeline(
+    name_or_folder: str | Path, *, store=None, dtype=None, budget=None, planner=None, plan=None
+):
     """Load from the store (a model name) or from a diffusers model folder (a directory path).
 
     `dtype` overrides the compute dtype (default: the checkpoint's on a GPU, float32 on the CPU).
+    Memory is planned (`ollama_img.memory`): within `budget` (a `memory.budget.Budget`; default
+    OLLAMA_IMG_GPU_MEMORY, cut to what the device has free), for the model's default size at load and
+    again for each generation; MLX's memory limit is set to the budget. The engine passes its own
+    `planner` (and the load's `plan`) instead, having accounted for the other models it holds.
+    A MemoryPlanError (a UserError) says when even the load cannot fit.
     """
     require_mlx()
+    from ollama_img.memory.device import apply_limits, device_kind, engine_budget
+    from ollama_img.memory.plan import Planner
+
     source = open_source(name_or_folder, store)
     arch = architecture_for(source.read_json("model_index.json").get("_class_name"))
-    return importlib.import_module(arch.loader).load(source, dtype=dtype)
+    if planner is None:
+        budget = engine_budget(budget)
+        planner = Planner(arch.memory_of(source), device_kind(), budget, label=source.label)
+        plan = planner.plan()
+        apply_limits(budget, plan.cache_limit)
+    elif plan is None:
+        plan = planner.plan()
+    load = importlib.import_module(arch.loader).load
+    accepted = inspect.signature(load).parameters  # a family's loader may not take a plan
+    memory = {key: value for key, value in (("plan", plan), ("planner", planner)) if key in accepted}
+    return load(source, dtype=dtype, **memory)

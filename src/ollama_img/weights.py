@@ -22,6 +22,7 @@ from ollama_img.quantization import QuantParams
 if TYPE_CHECKING:
     import mlx.core as mx
 
+    from ollama_img.memory.profile import Stored
     from ollama_img.models.interface import Capabilities
     from ollama_img.store import Manifest, Store
 
@@ -44,6 +45,10 @@ class WeightSource(Protocol):
     def read_text(self, relpath: str) -> str | None: ...
 
     def weights(self, component: str) -> ComponentWeights: ...
+
+    def stored(self) -> dict[str, Stored]:
+        """Each component's stored bytes and quantization (no MLX: the memory planner reads it)."""
+        ...
 
 
 class FolderSource:
@@ -84,6 +89,19 @@ class FolderSource:
             except Exception as exc:  # mlx raises RuntimeError/ValueError for malformed files
                 raise UserError(f"{self.label}: cannot read {component}/{f.name}: {exc}") from None
         return ComponentWeights(out)
+
+    def stored(self) -> dict[str, Stored]:
+        """The size of the weight files the importer would store; a folder is never quantized."""
+        from ollama_img.memory.profile import Stored
+        from ollama_img.models import architecture_for
+        from ollama_img.store.folder import weight_files
+
+        architecture = architecture_for(self.read_json("model_index.json").get("_class_name"))
+        return {
+            c.name: Stored(sum(f.stat().st_size for f in weight_files(self.root / c.name, c)))
+            for c in architecture.components
+            if c.weights and (self.root / c.name).is_dir()
+        }
 
 
 class StoreSource:
@@ -136,6 +154,28 @@ class StoreSource:
         if not out.tensors:
             raise UserError(f"{self.label}: the store has no tensors for {component}")
         return out
+
+    def stored(self) -> dict[str, Stored]:
+        return stored_of_manifest(self.manifest)
+
+
+def stored_of_manifest(manifest: Manifest) -> dict[str, Stored]:
+    """Each component's tensor bytes in a manifest, and the quantization its record gives it."""
+    from ollama_img.memory.profile import Stored
+    from ollama_img.quantization import TYPES
+
+    record = manifest.config.quantization
+    sizes: dict[str, int] = {}
+    for layer in manifest.layers:
+        if layer.is_tensor:
+            sizes[layer.component] = sizes.get(layer.component, 0) + layer.size
+    out = {}
+    for name, size in sizes.items():
+        quantized = record is not None and record.tensors.get(name)
+        quant = TYPES.get(record.type) if quantized else None
+        mode = quant.mode if quant else (record.mode if quantized else None)
+        out[name] = Stored(size, record.type if quantized else None, mode)
+    return out
 
 
 def _parse_json(text: str, where: str) -> dict:
