@@ -303,6 +303,9 @@ def run(
         format_=format_,
         teacache=teacache,
     )
+    from ollama_img.memory.budget import user_budget
+
+    user_budget()  # a malformed OLLAMA_IMG_GPU_MEMORY fails here, not in an engine that cannot start
     text = " ".join(prompt) if prompt else None
     if text is None and not sys.stdin.isatty():
         text = sys.stdin.read()

@@ -29,6 +29,22 @@ def device_kind() -> DeviceKind:
     return DEVICES[platform_backend()]
 
 
+def installed_device_kind() -> DeviceKind:
+    """The back end MLX would use here, judged without importing it (for `show`): Metal on macOS, CUDA
+    where MLX's CUDA build is installed, else the CPU."""
+    import sys
+    from importlib import metadata
+
+    if sys.platform == "darwin":
+        return DEVICES["metal"]
+    names = {(d.metadata["Name"] or "").lower() for d in metadata.distributions()}
+    return (
+        DEVICES["cuda"]
+        if any(n.startswith("mlx-cuda") or n.startswith("mlx_cuda") for n in names)
+        else DEVICES["cpu"]
+    )
+
+
 def free_bytes() -> tuple[int, str]:
     """(bytes the device has free for this process, what the figure is), counting what MLX holds here."""
     mx = require_mlx()

@@ -350,6 +350,30 @@ def plan_memory(
     )
 
 
+def needs(profile: MemoryProfile, device: DeviceKind, request: Request) -> dict[str, int]:
+    """The least peak under each residency the family supports, every other lever taken (`show`)."""
+    nothing = Budget(0, "none")
+    return {
+        residency: _leanest_or_fastest(profile, device, nothing, request, residency).peak
+        for residency in RESIDENCIES
+        if residency in profile.residencies
+    }
+
+
+def report(profile: MemoryProfile, device: DeviceKind, budget: Budget | None) -> dict:
+    """What `show` and /api/show tell of a model's memory at its default size: the least it needs under
+    each residency, and the plan within `budget` when one is set (or why none fits)."""
+    request = Request(profile.default_width, profile.default_height)
+    out = {"device": device.name, "width": request.width, "height": request.height}
+    out["needs"] = needs(profile, device, request)
+    if budget is not None:
+        try:
+            out["plan"] = plan_memory(profile, device=device, budget=budget, request=request).to_json()
+        except MemoryPlanError as exc:
+            out["error"] = str(exc)
+    return out
+
+
 def _leanest_or_fastest(
     profile: MemoryProfile, device: DeviceKind, budget: Budget, request: Request, residency: str
 ) -> MemoryPlan:
@@ -501,5 +525,7 @@ __all__ = [
     "MemoryPlanError",
     "Planner",
     "Request",
+    "needs",
     "plan_memory",
+    "report",
 ]
