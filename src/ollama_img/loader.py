@@ -32,10 +32,10 @@ def load_pipeline(
     if planner is None:
         budget = engine_budget(budget)
         planner = Planner(arch.memory_of(source), device_kind(), budget, label=source.label)
-        plan = planner.plan()
+        plan = planner.for_load()
         apply_limits(budget, plan.cache_limit)
     elif plan is None:
-        plan = planner.plan()
+        plan = planner.for_load()
     load = importlib.import_module(arch.loader).load
     accepted = inspect.signature(load).parameters  # a family's loader may not take a plan
     memory = {key: value for key, value in (("plan", plan), ("planner", planner)) if key in accepted}

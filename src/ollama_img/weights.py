@@ -91,17 +91,17 @@ class FolderSource:
         return ComponentWeights(out)
 
     def stored(self) -> dict[str, Stored]:
-        """The size of the weight files the importer would store; a folder is never quantized."""
-        from ollama_img.memory.profile import Stored
-        from ollama_img.models import architecture_for
-        from ollama_img.store.folder import weight_files
+        """The tensors the importer would store, by component (their headers; a folder is never quantized)."""
+        from ollama_img.memory.profile import Stored, upcast_bytes
+        from ollama_img.store.folder import inspect_folder
 
-        architecture = architecture_for(self.read_json("model_index.json").get("_class_name"))
-        return {
-            c.name: Stored(sum(f.stat().st_size for f in weight_files(self.root / c.name, c)))
-            for c in architecture.components
-            if c.weights and (self.root / c.name).is_dir()
-        }
+        out = {}
+        for component in inspect_folder(self.root).components:
+            tensors = [t for shard in component.shards for t in shard.header.tensors]
+            if tensors:
+                upcast = sum(upcast_bytes(t.name, t.dtype, t.shape, t.nbytes) for t in tensors)
+                out[component.name] = Stored(sum(t.nbytes for t in tensors), upcast=upcast)
+        return out
 
 
 class StoreSource:
@@ -161,20 +161,23 @@ class StoreSource:
 
 def stored_of_manifest(manifest: Manifest) -> dict[str, Stored]:
     """Each component's tensor bytes in a manifest, and the quantization its record gives it."""
-    from ollama_img.memory.profile import Stored
+    from ollama_img.memory.profile import Stored, upcast_bytes
     from ollama_img.quantization import TYPES
 
     record = manifest.config.quantization
     sizes: dict[str, int] = {}
+    upcast: dict[str, int] = {}
     for layer in manifest.layers:
         if layer.is_tensor:
             sizes[layer.component] = sizes.get(layer.component, 0) + layer.size
+            extra = upcast_bytes(layer.name, layer.dtype, layer.shape, layer.size)
+            upcast[layer.component] = upcast.get(layer.component, 0) + extra
     out = {}
     for name, size in sizes.items():
         quantized = record is not None and record.tensors.get(name)
         quant = TYPES.get(record.type) if quantized else None
         mode = quant.mode if quant else (record.mode if quantized else None)
-        out[name] = Stored(size, record.type if quantized else None, mode)
+        out[name] = Stored(size, record.type if quantized else None, mode, upcast[name])
     return out
 
 

@@ -49,6 +49,8 @@ class Ask:
     prompts: tuple[str | None, ...]
 
     def plan(self, planner: Planner, budget: Budget) -> MemoryPlan:
+        if self.width is None and self.height is None and not self.prompts:  # a load, no image asked
+            return planner.within(budget).for_load()
         return planner.within(budget).plan(
             self.width, self.height, count=self.count, batch=self.batch, prompts=self.prompts
         )

@@ -57,15 +57,16 @@ class DeviceKind:
     computes_float32: bool  # the CPU computes in float32 whatever the checkpoint's dtype
     overhead: int  # bytes the back end uses outside MLX's count (the CUDA context, its libraries)
     fused_attention: bool  # attention without forming the score matrix (MLX's GPU kernels)
+    unfolds_convolutions: bool  # convolutions as a matmul over unfolded patches (the CPU)
 
 
 # The CUDA context, cuBLAS/cuDNN handles and MLX's compiled kernels live outside MLX's allocator:
 # about 0.5 GB on an H100 for a process that ran Z-Image; 0.75 GB keeps a margin (`bench/
 # gpu_memory_plan.py` prints nvidia-smi's figure beside MLX's peak to check it).
 DEVICES = {
-    "cuda": DeviceKind("cuda", computes_float32=False, overhead=750_000_000, fused_attention=True),
-    "metal": DeviceKind("metal", computes_float32=False, overhead=0, fused_attention=True),
-    "cpu": DeviceKind("cpu", computes_float32=True, overhead=0, fused_attention=False),
+    "cuda": DeviceKind("cuda", False, overhead=750_000_000, fused_attention=True, unfolds_convolutions=False),
+    "metal": DeviceKind("metal", False, overhead=0, fused_attention=True, unfolds_convolutions=False),
+    "cpu": DeviceKind("cpu", True, overhead=0, fused_attention=False, unfolds_convolutions=True),
 }
 
 
@@ -264,6 +265,22 @@ class Planner:
             self.profile, device=self.device, budget=self.budget, request=request, label=self.label
         )
 
+    def for_load(self) -> MemoryPlan:
+        """The plan to load with: for the default size, else for the largest smaller size of its shape
+        that fits (a model that fits only smaller images still loads; a larger request is then refused).
+        The default size's MemoryPlanError when not even the smallest fits."""
+        try:
+            return self.plan()
+        except MemoryPlanError as error:
+            for scale in (0.75, 0.5, 0.25, 0.125, 0.0625):
+                width = max(16, int(self.profile.default_width * scale) // 16 * 16)
+                height = max(16, int(self.profile.default_height * scale) // 16 * 16)
+                try:
+                    return self.plan(width, height)
+                except MemoryPlanError:
+                    continue
+            raise error
+
     def within(self, budget: Budget) -> Planner:
         return replace(self, budget=budget)
 
@@ -383,7 +400,7 @@ def _leanest_or_fastest(
         ComponentPlan(
             name=c.name,
             role=c.role,
-            weights=c.weights,
+            weights=c.held(device.computes_float32),
             resident=residency == RESIDENT
             or c.role == DECODER
             or (c.role == DENOISER and residency != ONE_STAGE),
@@ -436,14 +453,21 @@ def _leanest_or_fastest(
     images = request.count * request.width * request.height * 3 if device.name == "cpu" else 0
 
     def decoding(mode):
-        return held("decode") + profile.decoder_bytes(request.width, request.height, itemsize, mode) + images
+        working = profile.decoder_bytes(
+            request.width, request.height, itemsize, mode, device.unfolds_convolutions
+        )
+        return held("decode") + working + images
 
     small = (request.width // 16) * (request.height // 16) < SHORT_SEQUENCE
     decode_modes = (DECODE_WHOLE, DECODE_BLOCKS, DECODE_LAYERS) if small else (DECODE_BLOCKS, DECODE_LAYERS)
     decoder_mode = first_fitting(decode_modes, decoding)
 
+    # Loading casts what a float32 device upcasts while the stored copy is still alive.
+    upcast = (
+        sum(c.upcast for c in profile.components if c.name in holds["load"]) if device.computes_float32 else 0
+    )
     phases = {
-        "load": held("load") + profile.load_slack,
+        "load": held("load") + profile.load_slack + upcast,
         "encode": encode,
         "denoise": denoising(denoiser_eval) + profile.working_allowance,
         "decode": decoding(decoder_mode),

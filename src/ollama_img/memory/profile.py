@@ -28,6 +28,16 @@ class Stored:
     weights: int  # bytes of its tensors
     quant_type: str | None = None  # "fp8", "int4" when its matmul weights are stored quantized
     quant_mode: str | None = None  # the MLX mode of those weights ("mxfp8", "affine")
+    upcast: int = 0  # bytes of its half-precision tensors that are not matmul weights (`upcast_bytes`)
+
+
+def upcast_bytes(name: str, dtype: str | None, shape: tuple[int, ...] | None, nbytes: int) -> int:
+    """What a tensor adds when the device computes in float32 (the CPU): every half-precision tensor but
+    a matmul weight (2-D, named `.weight`; an embedding table is not one) doubles."""
+    if dtype not in ("BF16", "F16"):
+        return 0
+    matmul = shape is not None and len(shape) == 2 and name.endswith(".weight") and "embed_tokens" not in name
+    return 0 if matmul else nbytes
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,10 @@ class ComponentMemory:
     weights: int  # bytes of its tensors as stored (what loading reads into memory)
     quant_type: str | None = None  # "fp8", "int4" when its matmul weights are stored quantized
     quant_mode: str | None = None  # the MLX mode of those weights ("mxfp8", "affine")
+    upcast: int = 0  # bytes more when held on a device that computes in float32
+
+    def held(self, computes_float32: bool) -> int:
+        return self.weights + (self.upcast if computes_float32 else 0)
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,8 @@ class MemoryProfile:
     encoder: BlockStack | None  # the text encoder's layers; None: no text encoder
     denoiser: BlockStack
     sequence: Callable[[int, int, int], int]  # (width, height, prompt tokens) -> denoiser tokens
-    decoder_bytes: Callable[[int, int, int, str], int]  # (width, height, itemsize, mode) -> bytes
+    # (width, height, itemsize, mode, unfolded convolutions) -> bytes; the CPU unfolds convolutions' patches
+    decoder_bytes: Callable[[int, int, int, str, bool], int]
     load_slack: int = 0  # bytes beyond the weights that loading needs at once (fusing projections)
     weight_itemsize: int = 2  # bytes per element of dequantized weights (the checkpoint's bf16)
     working_allowance: int = 0  # bytes added to the denoising phase (a family that declares no stack)
@@ -97,7 +112,7 @@ class MemoryProfile:
 def component(name: str, role: str, stored: dict[str, Stored]) -> ComponentMemory:
     """A family's component `name` of `role`, with what the store holds of it."""
     held = stored.get(name, Stored(0))
-    return ComponentMemory(name, role, held.weights, held.quant_type, held.quant_mode)
+    return ComponentMemory(name, role, held.weights, held.quant_type, held.quant_mode, held.upcast)
 
 
 def weights_only(family: str, stored: dict[str, Stored], default_size: tuple[int, int]) -> MemoryProfile:
@@ -115,7 +130,7 @@ def weights_only(family: str, stored: dict[str, Stored], default_size: tuple[int
         encoder=None,
         denoiser=nothing,
         sequence=lambda width, height, tokens: 1,
-        decoder_bytes=lambda width, height, itemsize, mode: 0,
+        decoder_bytes=lambda width, height, itemsize, mode, unfolded: 0,
         working_allowance=weights // 4,
         residencies=("resident",),
     )

@@ -150,7 +150,9 @@ def quantized_matmul_runs(params: QuantParams) -> bool:
     if key not in _QMM_RUNS:
         try:
             weight = mx.zeros((32, 4 * params.group_size), dtype=mx.bfloat16)
-            packed = mx.quantize(weight, group_size=params.group_size, bits=params.bits, mode=params.mode)
+            kwargs = {"group_size": params.group_size, "bits": params.bits, "mode": params.mode}
+            packed = mx.quantize(weight, **kwargs, stream=mx.cpu)  # some GPUs lack a mode's quantizer
+            mx.eval(packed)
             biases = packed[2] if len(packed) > 2 else None
             x = mx.zeros((16, weight.shape[1]), dtype=mx.bfloat16)
             out = mx.quantized_matmul(

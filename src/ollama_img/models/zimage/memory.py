@@ -29,8 +29,8 @@ def memory_profile(read_json: ReadJson, stored: dict[str, Stored]) -> MemoryProf
     def sequence(width: int, height: int, prompt_tokens: int) -> int:
         return _padded((width // unit) * (height // unit)) + _padded(prompt_tokens)
 
-    def decoder_bytes(width: int, height: int, itemsize: int, mode: str) -> int:
-        return autoencoder_decode_bytes(vae, width, height, itemsize, mode)
+    def decoder_bytes(width: int, height: int, itemsize: int, mode: str, unfolded: bool) -> int:
+        return autoencoder_decode_bytes(vae, width, height, itemsize, mode, unfolded)
 
     # Fusing q/k/v and w1/w3 after loading writes one block's fused copies before the originals go.
     fused_block = (3 * transformer.dim + 2 * hidden) * transformer.dim * 2
