@@ -487,7 +487,7 @@ def child_diffusers(args):
     first.save(args.out / "images" / name)
     entry["image"] = name
     times = []
-    for seed in (2, 3):
+    for seed in (2,) if args.mode == "offload" else (2, 3):  # offloaded images take ~17 s each
         t = time.perf_counter()
         image(seed)
         times.append(time.perf_counter() - t)
