@@ -10,6 +10,8 @@ import pytest
 from ollama_img.store import Store
 from tests.fixtures.zimage_folder import TINY, build_zimage_folder
 
+pytest_plugins = ["tests.fixtures.registry"]  # real registries (docker-registry) for pull/push tests
+
 
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory) -> Path:

@@ -2,8 +2,8 @@
 naming it (loaded or not, both APIs, and `run` before any engine starts), and the engine hands the
 pipeline only what the model takes.
 
-The second capability profile is a Z-Image model whose record lists no guidance, no negative prompt
-and no TeaCache, as a model recorded that way (another version, a Modelfile) would be: the real
+The second capability profile is a Z-Image model whose record lists no guidance, no negative prompt,
+no start image or mask and no TeaCache, as a model recorded that way (another version, a Modelfile) would be: the real
 store, engine and pipeline, one config blob rewritten.
 """
 
@@ -24,7 +24,7 @@ PLAIN = "plain:latest"
 def narrow(store: Store, name: str, **off) -> None:
     """Rewrite the model's config blob so that its capabilities lack `off`."""
     config = store.manifest(name).config.to_json()
-    config["capabilities"].update(off)
+    config["image_capabilities"].update(off)
     blob = write_bytes_blob(store.blobs_dir, json.dumps(config, indent=2).encode())
     path = store.manifest_path(name)
     manifest = json.loads(path.read_bytes())
@@ -45,6 +45,8 @@ def world(tmp_path_factory, tiny_folder):
             guidance=False,
             negative_prompt=False,
             teacache=False,
+            image_input=False,
+            mask=False,
         )
         env.start_engine()
         yield env
@@ -77,7 +79,10 @@ EXPECTED = [
 
 def test_show_lists_each_profile(world):
     assert re.search(r"options\s+none\n", world.cli("show", "plain").stdout)
-    assert re.search(r"options\s+guidance, negative prompt, TeaCache\n", world.cli("show", "z-image").stdout)
+    assert re.search(
+        r"options\s+guidance, negative prompt, start image and strength, mask, TeaCache\n",
+        world.cli("show", "z-image").stdout,
+    )
 
 
 def test_an_option_the_model_lacks_is_a_400_naming_it_loaded_or_not(world):

@@ -35,7 +35,8 @@ def test_bash_completes_commands_and_options():
     assert "run" in commands and all(c.startswith("r") for c in commands)
     words = "ollama-img run z-image a --st"
     assert complete({COMPLETE_VAR: "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "4"}).split() == [
-        "--steps"
+        "--steps",
+        "--strength",
     ]
 
 

@@ -32,7 +32,7 @@ def test_the_record_round_trips_through_its_blob(store, created):
 
 def test_a_blob_written_before_capabilities_still_works(store, created, cli, tiny_folder):
     old = created.config.to_json()
-    del old["capabilities"]  # exactly what the previous version wrote
+    del old["image_capabilities"]  # exactly what the previous version wrote
     _repoint_config(store, "z-image", old)
     manifest = store.manifest("z-image")
     assert manifest.config.capabilities == created.config.capabilities  # derived from its config files
@@ -61,7 +61,7 @@ def test_a_blob_written_before_capabilities_still_works(store, created, cli, tin
     ],
 )
 def test_malformed_capabilities_are_a_damaged_model(store, created, cli, capabilities, problem):
-    _repoint_config(store, "z-image", {**created.config.to_json(), "capabilities": capabilities})
+    _repoint_config(store, "z-image", {**created.config.to_json(), "image_capabilities": capabilities})
     shown = cli("show", "z-image")
     assert shown.code == 1 and shown.err.count("\n") == 1
     assert shown.err.startswith("Error: model z-image:latest is damaged: its config blob has")

@@ -24,7 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def _spawn(
     store: Store, *args: str, point: str | None = None, control: Path | None = None
 ) -> subprocess.Popen:
-    env = dict(os.environ, OLLAMA_IMG_MODELS=str(store.root), PYTHONPATH=str(ROOT))
+    # this checkout's code (not whatever ollama_img is installed), and its tests package
+    env = dict(
+        os.environ,
+        OLLAMA_IMG_MODELS=str(store.root),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+    )
     if control is not None:
         control.mkdir(parents=True, exist_ok=True)
         env["HARNESS_DIR"] = str(control)

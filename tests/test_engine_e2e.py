@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import select
 import signal
 import subprocess
 import threading
@@ -454,47 +453,16 @@ def test_keep_alive_zero_unloads_after_the_job_then_the_engine_leaves(tmp_path, 
 
 
 def test_an_interactive_session_on_a_terminal(world):
-    import pty
-
-    leader, follower = pty.openpty()
-    session = subprocess.Popen(
-        world.command("run", "z-image", "--size", "32x32", "--steps", "1"),
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-        env={**world.env, "TERM": "dumb"},
-        cwd=world.work,
-    )
-    os.close(follower)
-    seen = b""
-
-    def read_until(marker: bytes, timeout: float = 60):
-        nonlocal seen
-        deadline = time.monotonic() + timeout
-        while marker not in seen:
-            assert time.monotonic() < deadline, f"no {marker!r} in {seen[-500:]!r}"
-            ready, _, _ = select.select([leader], [], [], 0.5)
-            if ready:
-                try:
-                    seen += os.read(leader, 4096)
-                except OSError:  # the session ended
-                    break
-        assert marker in seen, seen[-500:]
-
-    try:
-        read_until(b">>> ")
-        os.write(leader, b"/?\n")
-        read_until(b"/bye")
-        os.write(leader, b"a tiny boat\n")
-        read_until(b"Image saved to: ")
-        read_until(b">>> ", timeout=30)
-        os.write(leader, b"/bye\n")
-        assert session.wait(timeout=30) == 0
-    finally:
-        if session.poll() is None:
-            session.kill()
-            session.wait()
-        os.close(leader)
+    with world.terminal("run", "z-image", "--size", "32x32", "--steps", "1") as session:
+        session.read_until(b">>> ")
+        session.type("/?")
+        session.read_until(b"/bye")
+        session.type("a tiny boat")
+        session.read_until(b"Image saved to: ")
+        session.read_until(b">>> ", timeout=30)
+        session.type("/bye")
+        assert session.process.wait(timeout=30) == 0
+        seen = session.seen
     path = re.search(rb"Image saved to: (\S+\.png)", seen).group(1).decode()
     assert read_png_text(path)["prompt"] == "a tiny boat"
 

@@ -94,12 +94,12 @@ def test_config_blob_describes_the_model(store, tiny_folder):
     assert config == store.manifest("z-image").config.to_json()
     assert config["architecture"] == "ZImagePipeline" and config["family"] == "z-image"
     assert config["format"] == "diffusers" and config["quantization"] is None
-    assert config["capabilities"] == {
+    assert config["image_capabilities"] == {
         "sizes": {"unit": 16, "max_width": 8192, "max_height": 8192},
         "guidance": True,
         "negative_prompt": True,
-        "image_input": False,
-        "mask": False,
+        "image_input": True,
+        "mask": True,
         "reference_images": 0,
         "teacache": True,
         "lora": False,

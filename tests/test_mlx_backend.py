@@ -37,7 +37,7 @@ def mlx_without_backend(tmp_path) -> dict:
     )
     return dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join([str(shadow.parent), str(ROOT)]),
+        PYTHONPATH=os.pathsep.join([str(shadow.parent), str(ROOT / "src"), str(ROOT)]),
         OLLAMA_IMG_MODELS=str(tmp_path / "store"),
     )
 

@@ -131,3 +131,24 @@ def test_teacache_value_is_optional_on_the_command_line(argv, expected):
     from ollama_img.cli.app import fill_optional_values
 
     assert fill_optional_values(argv) == expected
+
+
+def test_every_option_is_one_flag_of_run_and_one_field_of_a_request():
+    """The table is the one declaration: run's flags (names, help) and the request's fields follow it."""
+    import dataclasses
+
+    import typer.main
+
+    from ollama_img.cli.app import app
+    from ollama_img.cli.run_command import run  # noqa: F401  (registers the command)
+    from ollama_img.engine.params import GenerateParams
+    from ollama_img.options import OPTIONS
+
+    command = typer.main.get_command(app).commands["run"]
+    flags = {name: param for param in command.params for name in param.opts}
+    fields = {f.name for f in dataclasses.fields(GenerateParams)}
+    for option in OPTIONS:
+        param = flags[option.flag]
+        assert param.name == option.param and param.help == option.help
+        assert option.short is None or flags[option.short] is param
+        assert option.field in fields

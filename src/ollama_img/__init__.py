@@ -1,11 +1,8 @@
 """ollama-img: ollama's run / create / ps / stop for local text-to-image models, on MLX."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("ollama-img")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+source"
+# The one place the version is written (pyproject.toml reads it from here): a literal, so that starting
+# the CLI costs no package-metadata look-up.
+__version__ = "0.1.0"
 
 __all__ = ["__version__", "load_pipeline"]
 

@@ -1,4 +1,5 @@
-"""MLX and the back end it runs on: a clear message when MLX has none, and the switches that depend on it.
+"""MLX and the back end it runs on: a clear message when MLX has none, what its first import needs, and
+the switches that depend on the back end.
 
 Model code asks here, not MLX directly, whether to use the custom CUDA kernels and whether to
 `mx.compile` its step, so every family decides the same way.
@@ -15,12 +16,23 @@ _NO_BACKEND = (
 
 
 def require_mlx():
-    """Import and return `mlx.core`, or raise a UserError that names the extras to install."""
+    """Import and return `mlx.core`, or raise a UserError that names the extras to install.
+
+    The first import also sets up what must precede it (persistent compile caches) and what must
+    follow it (OpenBLAS under MLX's CPU matrix products), for the engine and the Python API alike.
+    """
+    if "mlx.core" not in sys.modules:
+        from ollama_img import caches
+
+        caches.configure()
     try:
         import mlx.core as mx
     except ImportError as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(_NO_BACKEND.format(detail=detail)) from None
+    from ollama_img import cpu_blas
+
+    cpu_blas.install()
     return mx
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ollama_img.backend import require_mlx
 from ollama_img.models import architecture_for
+from ollama_img.phases import phase
 from ollama_img.weights import open_source
 
 
@@ -23,20 +24,22 @@ def load_pipeline(
     `planner` (and the load's `plan`) instead, having accounted for the other models it holds.
     A MemoryPlanError (a UserError) says when even the load cannot fit.
     """
-    require_mlx()
-    from ollama_img.memory.device import apply_limits, device_kind, engine_budget
-    from ollama_img.memory.plan import Planner
+    with phase("resolve"):
+        require_mlx()
+        from ollama_img.memory.device import apply_limits, device_kind, engine_budget
+        from ollama_img.memory.plan import Planner
 
-    source = open_source(name_or_folder, store)
-    arch = architecture_for(source.read_json("model_index.json").get("_class_name"))
-    if planner is None:
-        budget = engine_budget(budget)
-        planner = Planner(arch.memory_of(source), device_kind(), budget, label=source.label)
-        plan = planner.for_load()
-        apply_limits(budget, plan.cache_limit)
-    elif plan is None:
-        plan = planner.for_load()
-    load = importlib.import_module(arch.loader).load
-    accepted = inspect.signature(load).parameters  # a family's loader may not take a plan
+        source = open_source(name_or_folder, store)
+        arch = architecture_for(source.read_json("model_index.json").get("_class_name"))
+        module = importlib.import_module(arch.loader)
+        if planner is None:
+            budget = engine_budget(budget)
+            planner = Planner(arch.memory_of(source), device_kind(), budget, label=source.label)
+            plan = planner.for_load()
+            apply_limits(budget, plan.cache_limit)
+        elif plan is None:
+            plan = planner.for_load()
+    accepted = inspect.signature(module.load).parameters  # a family's loader may not take a plan
     memory = {key: value for key, value in (("plan", plan), ("planner", planner)) if key in accepted}
-    return load(source, dtype=dtype, **memory)
+    with phase("build"):  # what the loader does not mark as read or eval
+        return module.load(source, dtype=dtype, **memory)

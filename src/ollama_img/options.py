@@ -16,9 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ollama_img import image_input
 from ollama_img.errors import UserError
+from ollama_img.image_input import InputImage
 from ollama_img.keepalive import parse_keepalive
 from ollama_img.models import size_unit
+from ollama_img.models.interface import MIN_STRENGTH
 from ollama_img.teacache import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
@@ -90,6 +93,36 @@ def keep_alive(value, name: str) -> float:
     return parse_keepalive(value, name)
 
 
+def fraction(value, name: str) -> float:
+    """A strength: more than 0, at most 1."""
+    result = number(0.0)(value, name)
+    if result == 0 or result > 1:
+        raise UserError(f"{name} must be more than 0 and at most 1, got {shown(value)}")
+    if result < MIN_STRENGTH:
+        raise UserError(f"{name} must be at least {MIN_STRENGTH:g}, got {shown(value)}")
+    return result
+
+
+def image(value, name: str) -> InputImage:
+    """An image file: base64 or a data: URL in JSON, raw bytes from an upload. Checked from its header
+    (format, pixels); decoded later, off the event loop."""
+    if isinstance(value, str):
+        value = image_input.from_text(value, name)
+    elif not isinstance(value, bytes):
+        raise UserError(f"{name} must be an image as base64 text, got {shown(value)}")
+    return image_input.read(value, name)
+
+
+def images(value, name: str) -> tuple[InputImage, ...] | None:
+    """A list of images (None when empty), each named by its place when there are several."""
+    if not isinstance(value, list):
+        raise UserError(f"{name} must be a list of images (base64 text), got {shown(value)}")
+    if len(value) > image_input.MAX_INPUT_IMAGES:
+        raise UserError(f"{name} holds {len(value)} images, at most {image_input.MAX_INPUT_IMAGES}")
+    several = len(value) > 1
+    return tuple(image(item, f"{name} #{i}" if several else name) for i, item in enumerate(value, 1)) or None
+
+
 # -- the table -------------------------------------------------------------------------------------
 
 
@@ -101,10 +134,6 @@ class Option:
     read: Callable[[object, str], object]  # (value, name to report) -> the checked value
     capability: str | None = None  # the `Capabilities` attribute a model needs for it
     short: str | None = None  # run's one-letter flag
-
-    @property
-    def api_name(self) -> str:
-        return f"'{self.field}'"
 
     @property
     def param(self) -> str:
@@ -139,27 +168,112 @@ TEACACHE = Option(
     capability="teacache",
 )
 
-OPTIONS = (WIDTH, HEIGHT, STEPS, SEED, GUIDANCE, NEGATIVE_PROMPT, COUNT, KEEP_ALIVE, TEACACHE)
+# Images in, whatever the model does with them: the engine hands `images` to the pipeline as its start
+# image or as its reference images, by the model's capabilities (`image_keywords`).
+IMAGES = Option(
+    "images",
+    "--image",
+    "An input image (PNG, JPEG, WebP): the start image, or a reference image (repeat it for several), "
+    "as the model takes them.",
+    images,
+    capability="image_inputs",
+)
+MASK = Option(
+    "mask",
+    "--mask",
+    "With --image: repaint only where this mask is white (or transparent), same size as the image.",
+    image,
+    capability="mask",
+)
+STRENGTH = Option(
+    "strength",
+    "--strength",
+    "With --image: how much to change it, more than 0 up to 1 (default: the model's).",
+    fraction,
+    capability="image_input",
+)
+
+OPTIONS = (
+    WIDTH,
+    HEIGHT,
+    STEPS,
+    SEED,
+    GUIDANCE,
+    NEGATIVE_PROMPT,
+    COUNT,
+    KEEP_ALIVE,
+    TEACACHE,
+    IMAGES,
+    MASK,
+    STRENGTH,
+)
 BY_FIELD = {option.field: option for option in OPTIONS}
+INPUTS = (IMAGES, MASK)  # images in: not handed to `generate` under their field (see image_keywords)
 
 
 def api_name(option: Option) -> str:
-    return option.api_name
+    """How the API names an option in its messages: `'negative_prompt'`."""
+    return f"'{option.field}'"
 
 
 def flag_name(option: Option) -> str:
+    """How `run` names it: `--negative`."""
     return option.flag
 
 
 def check_supported(
     model: str, asked: dict[str, object], capabilities: Capabilities, name: Callable[[Option], str] = api_name
 ) -> None:
-    """A UserError naming the first option in `asked` (fields with a value) the model cannot take."""
+    """A UserError naming the first option in `asked` (fields with a value) the model cannot take, or
+    more images than it takes."""
     for field, value in asked.items():
         option = BY_FIELD.get(field)
         needs = option.capability if option is not None else None
         if value is not None and needs and not getattr(capabilities, needs):
             raise UserError(f"{model} does not support {name(option)}")
+    sent = asked.get(IMAGES.field) or ()
+    if len(sent) > capabilities.image_inputs:
+        most = capabilities.image_inputs
+        raise UserError(f"{model} takes at most {most} image{'s' if most > 1 else ''}, got {len(sent)}")
+
+
+def check_inputs(asked: dict[str, object], name: Callable[[Option], str] = api_name) -> None:
+    """What image options need whatever the model: an image for a mask or a strength, and a mask of the
+    image's size."""
+    sent = asked.get(IMAGES.field)
+    for option in (MASK, STRENGTH):
+        if asked.get(option.field) is not None and not sent:
+            raise UserError(f"{name(option)} needs an image to start from: send {name(IMAGES)} too")
+    mask = asked.get(MASK.field)
+    if mask is not None and mask.size != sent[0].size:
+        raise UserError(
+            f"the mask is {'x'.join(map(str, mask.size))} pixels but the image "
+            f"{'x'.join(map(str, sent[0].size))}: they must be the same size"
+        )
+
+
+def image_keywords(capabilities: Capabilities, asked: dict[str, object]) -> dict[str, object]:
+    """`generate`'s keywords for the images a request sent: its start image (and mask) for a model
+    that takes one, else its reference images. Pictures must have been decoded."""
+    sent = asked.get(IMAGES.field)
+    if not sent:
+        return {}
+    if not capabilities.image_input:
+        return {"reference_images": [item.picture for item in sent]}
+    mask = asked.get(MASK.field)
+    return {"image": sent[0].picture, **({"mask": mask.picture} if mask is not None else {})}
+
+
+def decoded(asked: dict[str, object]) -> dict[str, object]:
+    """The image fields of `asked` with their pixels decoded (CPU work: off the event loop)."""
+    out = {}
+    for option in INPUTS:
+        value = asked.get(option.field)
+        if isinstance(value, tuple):
+            out[option.field] = tuple(item.decoded() for item in value)
+        elif value is not None:
+            out[option.field] = value.decoded()
+    return out
 
 
 def check_sizes(asked: dict[str, object], capabilities: Capabilities) -> None:

@@ -1,4 +1,4 @@
-"""Where ollama-img keeps things: the model store, the engine's socket, its log."""
+"""Where ollama-img keeps things: the model store, the engine's socket, its log, its compile caches."""
 
 import os
 import tempfile
@@ -38,3 +38,11 @@ def runtime_dir() -> Path:
 def log_dir() -> Path:
     """Where the background engine writes its log."""
     return platformdirs.user_log_path(APP)
+
+
+def cache_dir() -> Path:
+    """Compile caches kept across runs and reboots: `OLLAMA_IMG_CACHE_DIR`, else the user's cache dir."""
+    override = os.environ.get("OLLAMA_IMG_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    return platformdirs.user_cache_path(APP)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ollama_img.backend import require_mlx
 from ollama_img.errors import UserError
+from ollama_img.phases import timed
 from ollama_img.quantization import QuantParams
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class FolderSource:
             raise UserError(f"{self.label}: {relpath} is missing")
         return _parse_json(text, f"{self.label}/{relpath}")
 
+    @timed("read")
     def weights(self, component: str) -> ComponentWeights:
         """The component's tensors, from the files the importer would store (`store.folder.weight_files`)."""
         from ollama_img.models import architecture_for
@@ -127,6 +129,7 @@ class StoreSource:
             raise UserError(f"{self.label}: the store has no {relpath} for this model")
         return _parse_json(text, f"{self.label}:{relpath}")
 
+    @timed("read")
     def weights(self, component: str) -> ComponentWeights:
         from ollama_img.store import PLAIN_TENSOR_NAME, TENSOR_MEDIA_TYPE
 

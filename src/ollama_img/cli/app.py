@@ -2,23 +2,26 @@
 
 import sys
 
-import click
 import typer
 
 from ollama_img import __version__
 from ollama_img.errors import UserError
 
-try:  # typer >= 0.20 ships its own copy of click, whose exceptions are not click's
-    from typer._click.exceptions import ClickException as _VendoredClickException
-except ImportError:  # pragma: no cover (older typer uses click itself)
-    _VendoredClickException = click.ClickException
+try:  # typer >= 0.26 ships its own copy of click: importing click itself too would double the start-up
+    from typer._click.exceptions import ClickException as _ClickException
 
-_USAGE_ERRORS = (click.ClickException, _VendoredClickException)
-_ABORTS = (click.exceptions.Abort, typer.Abort)
+    _ABORTS: tuple[type[BaseException], ...] = (typer.Abort,)
+except ImportError:  # pragma: no cover (older typer uses click itself)
+    from click.exceptions import Abort as _ClickAbort
+    from click.exceptions import ClickException as _ClickException
+
+    _ABORTS = (_ClickAbort, typer.Abort)
+
+_USAGE_ERRORS = (_ClickException,)
 
 app = typer.Typer(
     name="ollama-img",
-    help="Run local text-to-image models: create, run, list, show, ps, stop, rm, cp, serve.",
+    help="Run local text-to-image models: pull, create, run, list, show, ps, stop, rm, cp, push, serve.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -38,7 +41,7 @@ def _root(
         False, "--version", "-v", help="Show the version and exit.", callback=_version_callback, is_eager=True
     ),
 ):
-    """Run local text-to-image models: create, run, list, show, ps, stop, rm, cp, serve."""
+    """Run local text-to-image models: pull, create, run, list, show, ps, stop, rm, cp, push, serve."""
 
 
 def fail(message: str):
@@ -91,4 +94,4 @@ def main(argv: list[str] | None = None):
 
 def _register_commands():
     """Import the command modules; each adds its commands to `app` (imported here to keep start-up lean)."""
-    from ollama_img.cli import engine_commands, run_command, store_commands  # noqa: F401
+    from ollama_img.cli import engine_commands, run_command, store_commands, transfer_commands  # noqa: F401

@@ -1,12 +1,15 @@
 """`ollama-img run MODEL [PROMPT]`: generate with the engine (started if needed), show progress, save.
 
 The prompt comes from the arguments, else from stdin when it is piped; with neither, on a terminal,
-an interactive loop asks for one prompt per image. Ctrl-C closes the stream, which cancels the job in
-the engine; nothing is saved and the exit status is 130.
+an interactive loop asks for one prompt per image (a path to an image file in a line is that prompt's
+input image). `--image` files are the model's image input, whatever the model does with them: the
+engine hands them over as its start image or its reference images. Ctrl-C closes the stream, which
+cancels the job in the engine; nothing is saved and the exit status is 130.
 """
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -20,7 +23,7 @@ from ollama_img import viewer
 from ollama_img.cli import outputs
 from ollama_img.cli.app import OPTIONAL_VALUES, app
 from ollama_img.cli.completion import complete_model_names
-from ollama_img.cli.progress import make_progress
+from ollama_img.cli.image_files import encoded, take_images
 from ollama_img.engine.params import generate_params, parse_size
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
@@ -28,12 +31,15 @@ from ollama_img.options import (
     COUNT,
     GUIDANCE,
     HEIGHT,
+    IMAGES,
     KEEP_ALIVE,
+    MASK,
     MAX_IMAGES,
     NEGATIVE_PROMPT,
     OPTIONS,
     SEED,
     STEPS,
+    STRENGTH,
     TEACACHE,
     WIDTH,
     Option,
@@ -47,7 +53,8 @@ NS = 1e9
 INTERACTIVE_HELP = """Available commands:
   /bye            Exit
   /?, /help       Show this help
-Anything else is a prompt: one image per line."""
+Anything else is a prompt: one image per line. A path to a .png, .jpg or .webp file in the line
+(/path/to/file, ./file, ~/file; escape spaces with \\ or quote the path) is its input image."""
 
 
 @dataclass
@@ -103,15 +110,24 @@ def engine_events(body: dict) -> Iterator[dict]:
 
 
 def generate(options: RunOptions, prompt: str | None) -> dict:
-    """Run one request with progress on stderr; returns the engine's final object."""
-    progress = make_progress(sys.stderr)
+    """Run one request with progress on stderr; returns the engine's final object.
+
+    The progress display (rich) is imported once the first event is in, so that its import overlaps
+    the engine's work instead of delaying the request."""
+    progress = None
     try:
         with contextlib.closing(engine_events(options.request(prompt))) as events:
             for event in events:
-                if not event.get("done"):
-                    progress.update(event)
+                if event.get("done"):
+                    continue
+                if progress is None:
+                    from ollama_img.cli.progress import make_progress
+
+                    progress = make_progress(sys.stderr)
+                progress.update(event)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
     return event  # the client raises unless the stream ends with the final object
 
 
@@ -180,15 +196,24 @@ def interactive(options: RunOptions):
         if text in ("/?", "/help"):
             print(INTERACTIVE_HELP)
             continue
-        if text.startswith("/"):
-            print(f"Unknown command '{text.split()[0]}'. Type /? for help")
-            continue
         try:
-            generate_and_save(options, text)
+            prompt, paths = take_images(text)
+            if text.startswith("/") and prompt.split()[:1] == text.split()[:1]:  # not a path: a command
+                print(f"Unknown command '{text.split()[0]}'. Type /? for help")
+                continue
+            generate_and_save(with_images(options, paths), prompt)
         except KeyboardInterrupt:
             print(file=sys.stderr)
         except UserError as exc:
             print(f"Error: {exc}", file=sys.stderr)
+
+
+def with_images(options: RunOptions, paths: list[str]) -> RunOptions:
+    """The options with these image files instead of --image's (none: unchanged)."""
+    if not paths:
+        return options
+    images = [encoded(path, path) for path in paths]
+    return dataclasses.replace(options, fields={**options.fields, IMAGES.field: images})
 
 
 def build_options(
@@ -210,6 +235,11 @@ def build_options(
     fields = {option.field: flags.pop(option.param, None) for option in OPTIONS}
     if flags:
         raise TypeError(f"unknown run options {sorted(flags)}")
+    fields[IMAGES.field] = [
+        encoded(path, f"{IMAGES.flag} {path}") for path in fields[IMAGES.field] or []
+    ] or None
+    if fields[MASK.field] is not None:
+        fields[MASK.field] = encoded(fields[MASK.field], f"{MASK.flag} {fields[MASK.field]}")
     if size is not None:
         if fields[WIDTH.field] is not None or fields[HEIGHT.field] is not None:
             raise UserError("use --size or --width/--height, not both")
@@ -285,6 +315,9 @@ def run(
         None, "--format", help="json: print one JSON object (paths, seeds, timings)."
     ),
     teacache: float | None = _flag(TEACACHE, metavar="[THRESHOLD]"),
+    image: list[str] | None = _flag(IMAGES, metavar="PATH"),
+    mask: str | None = _flag(MASK, metavar="PATH"),
+    strength: float | None = _flag(STRENGTH),
 ):
     """Generate images from a prompt (starts the engine if needed)."""
     options = build_options(
@@ -302,10 +335,16 @@ def run(
         keepalive=keepalive,
         format_=format_,
         teacache=teacache,
+        image=image,
+        mask=mask,
+        strength=strength,
     )
+    from ollama_img.cli.transfer_commands import pull_if_missing
     from ollama_img.memory.budget import user_budget
 
     user_budget()  # a malformed OLLAMA_IMG_GPU_MEMORY fails here, not in an engine that cannot start
+
+    pull_if_missing(model)  # hf.co/... or a registry model not in the store: offered for pulling
     text = " ".join(prompt) if prompt else None
     if text is None and not sys.stdin.isatty():
         text = sys.stdin.read()

@@ -1,32 +1,30 @@
-"""`create`, `list`, `show`, `rm`, `cp`: commands that work on the model store alone (no engine; MLX only to quantize)."""
+"""`create`, `list`, `show`, `rm`, `cp`: commands that work on the model store alone (no engine; MLX only to quantize).
+
+The store and rich are imported inside the commands that use them: every command module is imported
+for `--help` and `ps` too, which must start fast.
+"""
+
+from __future__ import annotations
 
 import datetime
 import json
-import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from ollama_img.backend import require_mlx
 from ollama_img.cli.app import app
+from ollama_img.cli.transfer_progress import TransferDisplay
 from ollama_img.errors import UserError
 from ollama_img.formatting import human_age, human_bytes, human_count, table
-from ollama_img.models.interface import Capabilities
 from ollama_img.names import ModelName
-from ollama_img.quantization import TYPES, QuantType, parse_quant_type
-from ollama_img.store import ImportPlan, Store, import_folder, inspect_folder, plan_from_model
-from ollama_img.store.config import QuantizationRecord
+from ollama_img.quantization import TYPES, parse_quant_type
+
+if TYPE_CHECKING:
+    from ollama_img.models.interface import Capabilities
+    from ollama_img.store.config import QuantizationRecord
 
 
 @app.command()
@@ -42,11 +40,13 @@ def create(
         None,
         "-q",
         "--quantize",
-        help="Quantize the transformer's and text encoder's Linear weights: fp8 (= mxfp8), int8, int4, "
-        "nvfp4 or mxfp4.",
+        help="Quantize the weights the model family's rule names (show lists it): fp8 (= mxfp8), int8, "
+        "int4, nvfp4 or mxfp4.",
     ),
 ):
     """Import a diffusers model folder into the store under NAME (or quantize a stored model)."""
+    from ollama_img.store import Store, import_folder, inspect_folder, plan_from_model
+
     model = ModelName.parse(name)
     quant = parse_quant_type(quantize) if quantize is not None else None
     store = Store()
@@ -61,11 +61,19 @@ def create(
     else:
         plan = inspect_folder(folder if folder is not None else Path.cwd())
     if quant is not None:
+        from ollama_img.backend import require_mlx
+
         plan.architecture.quantization_rule()
         require_mlx()  # quantizing runs MLX: fail before the store is touched if it cannot
     started = time.monotonic()
-    with _ImportProgress(model, plan, quant) as progress:
-        result = import_folder(store, model, plan, progress=progress, quantize=quant)
+    header = (
+        f"importing '{model}' from {plan.origin}: {plan.tensor_count} tensors, {human_bytes(plan.tensor_bytes)}"
+        + (f", quantizing to {quant.name}" if quant else "")
+    )
+    with TransferDisplay(header) as display:
+        phase = "quantizing" if quant else "importing"
+        display.start(phase, plan.tensor_bytes, plan.tensor_count, unit="tensors", announce=False)
+        result = import_folder(store, model, plan, progress=display.import_callback(), quantize=quant)
     elapsed = time.monotonic() - started
     freed = f"; freed {human_bytes(result.bytes_freed)} the replaced model used" if result.bytes_freed else ""
     print(
@@ -77,6 +85,8 @@ def create(
 @app.command("list")
 def list_models():
     """List the models in the store."""
+    from ollama_img.store import Store
+
     rows = [["NAME", "ID", "FAMILY", "SIZE", "MODIFIED"]]
     for entry in Store().list():
         if entry.manifest is None:
@@ -101,6 +111,7 @@ def show(
 ):
     """Show a model's architecture, parameters, quantization, capabilities, memory and components."""
     from ollama_img.engine.catalog import memory_report
+    from ollama_img.store import Store
 
     model = ModelName.parse(name)
     store = Store()
@@ -230,6 +241,8 @@ def _capability_rows(capabilities: Capabilities) -> list[tuple[str, str]]:
 @app.command()
 def rm(names: list[str] = typer.Argument(..., help="Model names to remove.")):
     """Remove models, and every blob no remaining model uses."""
+    from ollama_img.store import Store
+
     removal = Store().remove([ModelName.parse(n) for n in names])
     for name in removal.removed:
         print(f"deleted '{name}'")
@@ -245,6 +258,8 @@ def cp(
     destination: str = typer.Argument(..., help="The new name."),
 ):
     """Copy a model to a new name (no blob is copied: both names share them)."""
+    from ollama_img.store import Store
+
     src, dst = ModelName.parse(source), ModelName.parse(destination)
     Store().copy(src, dst)
     print(f"copied '{src}' to '{dst}'")
@@ -263,64 +278,3 @@ def _wrapped_table(rows: list[tuple[str, str]], width: int = 100) -> str:
 
 def _indent(text: str, n: int) -> str:
     return "\n".join(" " * n + line for line in text.splitlines())
-
-
-class _ImportProgress:
-    """Progress of an import on stderr: a rich bar (bytes and tensors) on a terminal, else plain lines."""
-
-    PLAIN_STEP = 10  # percent between plain lines
-
-    def __init__(self, name: ModelName, plan: ImportPlan, quant: QuantType | None = None):
-        self.plan = plan
-        self.quantizing = quant is not None
-        self.console = Console(stderr=True)
-        self.interactive = self.console.is_terminal
-        self.bytes_done = 0
-        self.tensors_done = 0
-        self._next_plain = self.PLAIN_STEP
-        self._bar: Progress | None = None
-        self._task = None
-        self._header = (
-            f"importing '{name}' from {plan.origin}: {plan.tensor_count} tensors, "
-            f"{human_bytes(plan.tensor_bytes)}" + (f", quantizing to {quant.name}" if quant else "")
-        )
-
-    def __enter__(self):
-        if self.interactive:
-            self._bar = Progress(
-                TextColumn("[bold]quantizing" if self.quantizing else "[bold]importing"),
-                BarColumn(),
-                DownloadColumn(),
-                TextColumn("{task.fields[tensors]}/{task.fields[total_tensors]} tensors"),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(
-                "import", total=self.plan.tensor_bytes, tensors=0, total_tensors=self.plan.tensor_count
-            )
-        else:
-            print(self._header, file=sys.stderr, flush=True)
-        return self
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.stop()
-
-    def __call__(self, nbytes: int, ntensors: int):
-        self.bytes_done += nbytes
-        self.tensors_done += ntensors
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.bytes_done, tensors=self.tensors_done)
-            return
-        total = self.plan.tensor_bytes or 1
-        percent = 100 * self.bytes_done // total
-        if ntensors and percent >= self._next_plain:
-            self._next_plain = (percent // self.PLAIN_STEP + 1) * self.PLAIN_STEP
-            print(
-                f"  {percent:3d}%  {human_bytes(self.bytes_done)} of {human_bytes(total)}, "
-                f"{self.tensors_done}/{self.plan.tensor_count} tensors",
-                file=sys.stderr,
-                flush=True,
-            )

@@ -1,32 +1,30 @@
-"""Talk to the engine over its Unix socket (httpx), streaming NDJSON progress events.
+"""Talk to the engine over its Unix socket, streaming NDJSON progress events.
 
 Errors the engine reports come back as UserError (NotFound for 404) carrying its message, so the CLI
-prints one line; a connection lost mid-way says so and points to the engine's log.
+prints one line; a connection lost mid-way says so and points to the engine's log. The transport is the
+standard library's (`unix_http`): `ps` and `stop` must start fast.
 """
 
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
 from ollama_img.engine import runtime, spawn
+from ollama_img.engine.unix_http import TRANSPORT_ERRORS, ConnectFailed, exchange
 from ollama_img.errors import NotFound, UserError
 
-BASE_URL = "http://engine"
 
-
-def _error_from(response: httpx.Response) -> UserError:
+def _error_from(status: int, body: bytes) -> UserError:
     try:
-        message = response.json().get("error")
+        message = json.loads(body).get("error")
         if isinstance(message, dict):
             message = message.get("message")
     except (ValueError, AttributeError):
         message = None
-    message = message or f"the engine answered HTTP {response.status_code}"
-    if response.status_code == 404:
+    message = message or f"the engine answered HTTP {status}"
+    if status == 404:
         return NotFound(message)
-    if response.status_code >= 500:
+    if status >= 500:
         return UserError(f"{message} (engine log: {runtime.log_path()})")
     return UserError(message)
 
@@ -36,7 +34,7 @@ class EngineUnavailable(UserError):
 
 
 def _lost(exc: Exception) -> UserError:
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, ConnectFailed):
         return EngineUnavailable(f"cannot connect to the engine ({exc}); see its log: {runtime.log_path()}")
     return UserError(f"lost the connection to the engine ({exc}); see its log: {runtime.log_path()}")
 
@@ -44,14 +42,9 @@ def _lost(exc: Exception) -> UserError:
 class EngineClient:
     def __init__(self, sock: Path):
         self.sock = sock
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(sock)),
-            base_url=BASE_URL,
-            timeout=httpx.Timeout(30.0, read=None),  # generation takes as long as it takes
-        )
 
     def close(self):
-        self._http.close()
+        """Nothing to release: each request has its own connection."""
 
     def __enter__(self):
         return self
@@ -59,14 +52,16 @@ class EngineClient:
     def __exit__(self, *exc):
         self.close()
 
-    def _json(self, method: str, path: str, **kwargs) -> dict:
+    def _json(self, method: str, path: str, body: dict | None = None) -> dict:
         try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+            with exchange(self.sock, method, path, body) as response:
+                data = response.read()
+                status = response.status
+        except TRANSPORT_ERRORS as exc:
             raise _lost(exc) from None
-        if response.status_code != 200:
-            raise _error_from(response)
-        return response.json()
+        if status != 200:
+            raise _error_from(status, data)
+        return json.loads(data)
 
     def version(self) -> str:
         return self._json("GET", "/api/version")["version"]
@@ -75,16 +70,16 @@ class EngineClient:
         return self._json("GET", "/api/ps")["models"]
 
     def stop(self, model: str) -> dict:
-        return self._json("POST", "/api/generate", json={"model": model, "keep_alive": 0, "stream": False})
+        return self._json("POST", "/api/generate", {"model": model, "keep_alive": 0, "stream": False})
 
     def generate(self, body: dict) -> Iterator[dict]:
         """Progress events, then the final object. Closing the iterator (Ctrl-C) cancels the job."""
         try:
-            with self._http.stream("POST", "/api/generate", json={**body, "stream": True}) as response:
-                if response.status_code != 200:
-                    response.read()
-                    raise _error_from(response)
-                for line in response.iter_lines():
+            with exchange(self.sock, "POST", "/api/generate", {**body, "stream": True}) as response:
+                if response.status != 200:
+                    raise _error_from(response.status, response.read())
+                # One line per event; the last one carries the PNGs (megabytes), read as one piece.
+                for line in iter(response.readline, b""):
                     if not line.strip():
                         continue
                     event = json.loads(line)
@@ -93,7 +88,7 @@ class EngineClient:
                     yield event
                     if event.get("done"):
                         return
-        except httpx.TransportError as exc:
+        except TRANSPORT_ERRORS as exc:
             raise _lost(exc) from None
         raise UserError(f"the engine ended the response without a result; see its log: {runtime.log_path()}")
 

@@ -5,7 +5,7 @@ next denoising step if running.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -15,6 +15,7 @@ from ollama_img.engine.jobs import Event, Job
 from ollama_img.engine.params import GenerateParams
 from ollama_img.engine.scheduler import Scheduler
 from ollama_img.errors import UserError
+from ollama_img.options import Option, api_name
 
 
 def error_status(exc: Exception) -> int:
@@ -70,10 +71,15 @@ async def events_until_disconnect(request: Request, scheduler: Scheduler, job: J
             scheduler.cancel(job)
 
 
-async def submit(request: Request, params: GenerateParams) -> tuple[Scheduler, Job]:
+async def submit(
+    request: Request, params: GenerateParams, name: Callable[[Option], str] = api_name
+) -> tuple[Scheduler, Job]:
     """Check the model exists (404 otherwise) and can do what is asked (400, naming the option or
-    size it cannot), then queue it."""
+    size it cannot, as `name` spells it), decode the images it sent (400 for a damaged one), then
+    queue it."""
     scheduler: Scheduler = request.app.state.scheduler
     digest, capabilities = await run_in_threadpool(catalog.lookup, params.model)
-    scheduler.check(params, capabilities)
+    scheduler.check(params, capabilities, name)
+    if params.images:
+        params = await run_in_threadpool(params.with_decoded_images)
     return scheduler, scheduler.submit(params, digest)

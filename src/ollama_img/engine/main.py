@@ -91,6 +91,7 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
     runtime.ensure_private_dir(runtime.socket_path().parent)
     lock = runtime.PidLock(runtime.pid_path())
     lock.acquire()
+    _log_compile_caches()
     listeners = []
     try:
         unix = runtime.UnixListener(runtime.socket_path())
@@ -122,6 +123,15 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
         for listener in listeners:
             listener.remove()
         lock.release()
+
+
+def _log_compile_caches():
+    """Where the GPU kernels compiled by this engine are kept (set before MLX was imported: backend)."""
+    from ollama_img import caches
+
+    configured = caches.configure()
+    if configured.settings or configured.kept:
+        log.info(configured.describe())
 
 
 def main():

@@ -1,4 +1,5 @@
-"""OpenAI-compatible image generation: `POST /v1/images/generations` (and `GET /v1/models`).
+"""OpenAI-compatible image generation: `POST /v1/images/generations` (and `GET /v1/models`; the edits
+route, `POST /v1/images/edits`, is `openai_edits`, answered by `answer` here).
 
 Same queue, same models, same checks as the ollama-style route; only the shapes differ. Errors use
 OpenAI's shape (`{"error": {"message", "type", ...}}`) so OpenAI clients show the message.
@@ -9,6 +10,7 @@ for every step, then `event: done` with the usual response body.
 import base64
 import json
 import time
+from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -24,8 +26,16 @@ from ollama_img.engine.handling import (
     submit,
 )
 from ollama_img.engine.jobs import CANCELLED, DONE, FAILED, STEP, Result
-from ollama_img.engine.params import generate_params, model_name, optional_bool, parse_json_object, parse_size
+from ollama_img.engine.params import (
+    GenerateParams,
+    generate_params,
+    model_name,
+    optional_bool,
+    parse_json_object,
+    parse_size,
+)
 from ollama_img.errors import UserError
+from ollama_img.options import Option, api_name
 
 FORMATS = ("b64_json", "url")
 
@@ -62,7 +72,8 @@ def images_body(result: Result, response_format: str) -> dict:
     }
 
 
-def _checked(body: dict):
+def checked(body: dict, name: Callable[[Option], str] = api_name) -> tuple[GenerateParams, str, bool]:
+    """The request's parameters, response_format and stream flag, checked (bad values named by `name`)."""
     model = model_name(body)
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
@@ -78,7 +89,7 @@ def _checked(body: dict):
     if output_format not in (None, "png"):
         raise UserError(f"unsupported output_format {output_format!r}: only 'png' is produced")
     stream = optional_bool(body, "stream", False)
-    return generate_params(fields, model, prompt), response_format, stream
+    return generate_params(fields, model, prompt, name), response_format, stream
 
 
 def _sse(event: str, data: dict) -> str:
@@ -86,8 +97,20 @@ def _sse(event: str, data: dict) -> str:
 
 
 async def images_generations(request: Request):
-    params, response_format, stream = _checked(parse_json_object(await request.body()))
-    scheduler, job = await submit(request, params)
+    params, response_format, stream = checked(parse_json_object(await request.body()))
+    return await answer(request, params, response_format, stream)
+
+
+async def answer(
+    request: Request,
+    params: GenerateParams,
+    response_format: str,
+    stream: bool,
+    name: Callable[[Option], str] = api_name,
+):
+    """Queue the job and answer as OpenAI does: one ImagesResponse, or (stream) SSE progress then it.
+    An option the model lacks is named by `name`."""
+    scheduler, job = await submit(request, params, name)
 
     def final(event) -> tuple[str, dict, int]:
         if event.kind == DONE:
@@ -128,7 +151,10 @@ async def list_models(request: Request):
 
 
 def routes() -> list[Route]:
+    from ollama_img.engine.openai_edits import images_edits
+
     return [
         Route("/v1/images/generations", images_generations, methods=["POST"]),
+        Route("/v1/images/edits", images_edits, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
     ]

@@ -5,12 +5,14 @@ check fails with a UserError that names the field, so the API answers 400 with a
 can act on; what a model supports (its capabilities, its sizes) is checked against that model.
 """
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ollama_img.errors import UserError
+from ollama_img.image_input import InputImage
 from ollama_img.names import ModelName
 from ollama_img.options import (
     HEIGHT,
@@ -21,6 +23,8 @@ from ollama_img.options import (
     WIDTH,
     Option,
     api_name,
+    check_inputs,
+    decoded,
     shown,
 )
 
@@ -41,10 +45,18 @@ class GenerateParams:
     n: int = 1
     keep_alive: float | None = None
     teacache: float | None = None  # TeaCache threshold; None: off
+    images: tuple[InputImage, ...] | None = None  # the start image or the reference images
+    mask: InputImage | None = None
+    strength: float | None = None
 
     def asked(self) -> dict[str, object]:
         """The options the request set, by field."""
         return {option.field: getattr(self, option.field) for option in OPTIONS}
+
+    def with_decoded_images(self) -> "GenerateParams":
+        """The same request with its images' pixels decoded: a UserError for a damaged one. CPU work,
+        for a worker thread."""
+        return dataclasses.replace(self, **decoded(self.asked()))
 
 
 def parse_json_object(raw: bytes) -> dict:
@@ -100,7 +112,7 @@ def parse_size(text: str) -> tuple[int, int]:
     if not match:
         raise UserError(f"invalid size {text!r}: expected WIDTHxHEIGHT, e.g. 1024x1024")
     width, height = int(match.group(1)), int(match.group(2))
-    return WIDTH.read(width, WIDTH.api_name), HEIGHT.read(height, HEIGHT.api_name)
+    return WIDTH.read(width, api_name(WIDTH)), HEIGHT.read(height, api_name(HEIGHT))
 
 
 def keepalive(body: dict) -> float | None:
@@ -121,4 +133,5 @@ def generate_params(
             f"{name(SEED)} must be at most {MAX_SEED - (n - 1)} for {n} images, got {shown(seed)}"
         )
     values["negative_prompt"] = values["negative_prompt"] or None
+    check_inputs(values, name)
     return GenerateParams(model=model, prompt=prompt, **values)

@@ -17,6 +17,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ollama_img.engine import warmup
 from ollama_img.engine.jobs import (
     CANCELLED,
     DONE,
@@ -36,7 +37,7 @@ from ollama_img.errors import UserError
 from ollama_img.memory.budget import Budget
 from ollama_img.memory.plan import MemoryPlan, MemoryPlanError, Planner
 from ollama_img.models.interface import Capabilities, ImagePipeline
-from ollama_img.options import OPTIONS, check_sizes, check_supported
+from ollama_img.options import INPUTS, OPTIONS, api_name, check_sizes, check_supported, image_keywords
 from ollama_img.png_meta import Recipe, encode_png
 
 log = logging.getLogger("ollama_img.engine")
@@ -57,6 +58,7 @@ class LoadedModel:
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
     stop_requested: bool = False  # `stop` came while a job ran: unload when it ends
+    warm: bool = False  # has generated or warmed up since it was loaded
     unloaded: asyncio.Event = field(default_factory=asyncio.Event)
 
     def keep_for(self, seconds: float):
@@ -100,6 +102,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.warm_up = warmup.WarmUpPolicy.from_env()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -137,14 +140,15 @@ class Scheduler:
     def loaded_models(self) -> list[LoadedModel]:
         return sorted(self._loaded.values(), key=lambda m: m.name)
 
-    def check(self, params: GenerateParams, capabilities: Capabilities | None):
+    def check(self, params: GenerateParams, capabilities: Capabilities | None, name=api_name):
         """Reject a request the model cannot do before it waits in the queue: against the loaded
-        pipeline, else against the capabilities its record lists (None: checked once it is loaded)."""
+        pipeline, else against the capabilities its record lists (None: checked once it is loaded).
+        An option the model lacks is named by `name`, as the route spells it."""
         model = self._loaded.get(params.model)
         if model is not None:
-            self._validate(model.pipe, params)
+            self._validate(model.pipe, params, name)
         elif capabilities is not None:
-            check_supported(params.model, params.asked(), capabilities)
+            check_supported(params.model, params.asked(), capabilities, name)
             check_sizes(params.asked(), capabilities)
 
     def submit(self, params: GenerateParams, digest: str | None) -> Job:
@@ -230,12 +234,15 @@ class Scheduler:
                     await self._in_worker(self._generate, job, model, budget) if params.prompt else ([], {})
                 )
                 timings.generate = time.monotonic() - started
+                model.warm = model.warm or bool(images)
             finally:
                 model.busy = False
                 model.keep_for(0 if model.stop_requested else keepalive)
             task = asyncio.create_task(self._finish(job, model, images, resolved, timings))
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
+            if not (params.prompt or model.warm or model.stop_requested) and self.warm_up.wanted(model.pipe):
+                await self._warm_up(model, keepalive)  # answered already: nobody waits for this
         except JobCancelled:
             log.info("job %d cancelled", job.id)
             job.emit(Event(CANCELLED))
@@ -269,7 +276,7 @@ class Scheduler:
         job.emit(Event(DONE, result=result))
         if images:
             log.info(
-                "job %d done: %s, %d image(s) %dx%d, %d steps in %.2fs (+%.2fs encoding)",
+                "job %d done: %s, %d image(s) %dx%d, %d steps in %.2fs (%s; +%.2fs encoding)",
                 job.id,
                 model.name,
                 len(images),
@@ -277,6 +284,7 @@ class Scheduler:
                 resolved["height"],
                 resolved["steps"],
                 timings.generate,
+                resolved["phases"],
                 timings.encode,
             )
 
@@ -299,14 +307,17 @@ class Scheduler:
         job.emit(Event(LOADING))
         started = time.monotonic()
         log.info("loading %s: %s", name, _described(plan))
-        pipe, size = await self._in_worker(self._load_and_measure, name, planner.within(budget), plan)
+        note = warmup.compile_note()
+        if note:
+            log.info(note)
+        pipe, size, phases = await self._in_worker(self._load_and_measure, name, planner.within(budget), plan)
         timings.load = time.monotonic() - started
         model = LoadedModel(
             name=name, digest=getattr(pipe, "digest", None), pipe=pipe, size=size, planner=planner, plan=plan
         )
         model.keep_for(self.default_keepalive)
         self._loaded[name] = model
-        log.info("loaded %s (%d bytes) in %.2fs", name, model.size, timings.load)
+        log.info("loaded %s (%d bytes) in %.2fs (%s)", name, model.size, timings.load, phases)
         return model
 
     def _ask(self, job: Job, model: LoadedModel | None) -> Ask:
@@ -354,6 +365,18 @@ class Scheduler:
                 model.plan = plan
             return budget, plan
 
+    async def _warm_up(self, model: LoadedModel, keepalive: float):
+        """Run the model's warm-up on the worker before the next job; a failure only costs the warm-up."""
+        model.busy = True
+        try:
+            await self._in_worker(self.warm_up.run, model.pipe, model.name)
+            model.warm = True
+        except Exception:
+            log.exception("warm-up of %s failed; the model stays loaded", model.name)
+        finally:
+            model.busy = False
+            model.keep_for(0 if model.stop_requested else keepalive)
+
     async def _unload(self, model: LoadedModel):
         if self._loaded.get(model.name) is model:
             del self._loaded[model.name]
@@ -372,26 +395,37 @@ class Scheduler:
     def _load_and_measure(name: str, planner: Planner, plan: MemoryPlan):
         # MLX streams are per thread: everything that touches the model's arrays stays on the worker.
         from ollama_img import load_pipeline
+        from ollama_img.phases import recording
 
-        pipe = load_pipeline(name, planner=planner, plan=plan)
-        return pipe, int(pipe.resident_bytes)
+        with recording() as timer:
+            pipe = load_pipeline(name, planner=planner, plan=plan)
+        return pipe, int(pipe.resident_bytes), timer.summary()
 
     @staticmethod
     def _resolve(pipe, params: GenerateParams) -> dict:
-        """The request with the pipeline's defaults (size, steps, guidance) for what it leaves out."""
-        defaults = pipe.defaults
+        """The request with the pipeline's defaults (size, steps, guidance, strength) for what it leaves
+        out; the size from its images when they imply one (`size_for`)."""
+        defaults, capabilities = pipe.defaults, pipe.capabilities
         guidance = defaults.guidance if params.guidance is None else params.guidance
+        width, height = pipe.size_for(
+            width=params.width, height=params.height, **image_keywords(capabilities, params.asked())
+        )
+        strength = None
+        if params.images and capabilities.image_input:
+            fallback = defaults.mask_strength if params.mask is not None else defaults.strength
+            strength = params.strength if params.strength is not None else fallback
         return {
-            "width": params.width or defaults.width,
-            "height": params.height or defaults.height,
+            "width": width,
+            "height": height,
             "steps": params.steps or defaults.steps,
-            "guidance": guidance if pipe.capabilities.guidance else None,
+            "guidance": guidance if capabilities.guidance else None,
+            "strength": strength,
         }
 
-    def _validate(self, pipe, params: GenerateParams) -> dict:
-        check_supported(params.model, params.asked(), pipe.capabilities)
-        resolved = self._resolve(pipe, params)
+    def _validate(self, pipe, params: GenerateParams, name=api_name) -> dict:
+        check_supported(params.model, params.asked(), pipe.capabilities, name)
         try:
+            resolved = self._resolve(pipe, params)
             pipe.validate(width=resolved["width"], height=resolved["height"], steps=resolved["steps"])
         except ValueError as exc:
             raise UserError(str(exc)) from None
@@ -400,28 +434,35 @@ class Scheduler:
     @staticmethod
     def _model_options(pipe, params: GenerateParams, resolved: dict) -> dict:
         """generate()'s keywords for the options of the model's capabilities that have a value: the
-        request's, else the model's default (guidance)."""
+        request's, else the model's default (guidance, strength); its images as the model takes them."""
         chosen = {**params.asked(), **resolved}
-        return {
+        options = {
             option.field: chosen[option.field]
             for option in OPTIONS
             if option.capability
+            and option not in INPUTS
             and getattr(pipe.capabilities, option.capability)
             and chosen.get(option.field) is not None
         }
+        return {**options, **image_keywords(pipe.capabilities, params.asked())}
 
     def _generate(self, job: Job, model: LoadedModel, budget: Budget):
-        params = job.params
-        resolved = self._validate(model.pipe, params)
+        from ollama_img.phases import recording
+
         if model.planner is not None and hasattr(model.pipe, "planner"):
             model.pipe.planner = model.planner.within(budget)  # the pipeline plans each image with it
         try:
-            return self._generate_images(job, model, params, resolved)
+            with recording() as timer:
+                images, resolved = self._generate_images(job, model)
         finally:
             model.size = int(model.pipe.resident_bytes)
             model.plan = getattr(model.pipe, "memory_plan", None) or model.plan
+        resolved["phases"] = timer.summary()
+        return images, resolved
 
-    def _generate_images(self, job: Job, model: LoadedModel, params: GenerateParams, resolved: dict):
+    def _generate_images(self, job: Job, model: LoadedModel):
+        params = job.params
+        resolved = self._validate(model.pipe, params)
         options = self._model_options(model.pipe, params, resolved)
         first_seed = params.seed if params.seed is not None else _random_seed()
         resolved["seeds"] = [first_seed + i for i in range(params.n)]
@@ -460,6 +501,9 @@ class Scheduler:
                 model=model.name,
                 digest=model.digest,
                 teacache=params.teacache,
+                images=tuple(item.sha256 for item in params.images or ()),
+                mask=params.mask.sha256 if params.mask is not None else None,
+                strength=resolved.get("strength"),
             )
             for seed in resolved.get("seeds", [])
         ]

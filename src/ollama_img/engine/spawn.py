@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from ollama_img.engine import runtime
 from ollama_img.errors import UserError
 
@@ -23,9 +21,13 @@ MAX_LOG_BYTES = 10_000_000
 _PATH_VARS = (
     "OLLAMA_IMG_MODELS",
     "OLLAMA_IMG_RUNTIME_DIR",
+    "OLLAMA_IMG_CACHE_DIR",
     "XDG_RUNTIME_DIR",
     "XDG_DATA_HOME",
     "XDG_STATE_HOME",
+    "XDG_CACHE_HOME",
+    "MLX_PTX_CACHE_DIR",
+    "CUDA_CACHE_PATH",
 )
 
 
@@ -41,12 +43,13 @@ def is_answering(sock: Path, timeout: float = 2.0) -> bool:
     """True when an engine answers on `sock` (a connect that fails means none, or a stale socket)."""
     if not sock.exists():
         return False
-    import httpx
+    from ollama_img.engine.unix_http import TRANSPORT_ERRORS, exchange
 
     try:
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=timeout) as client:
-            return client.get("http://engine/api/version").status_code == 200
-    except httpx.HTTPError:
+        with exchange(sock, "GET", "/api/version", timeout=timeout, read_timeout=timeout) as response:
+            response.read()
+            return response.status == 200
+    except TRANSPORT_ERRORS:
         return False
 
 
@@ -61,6 +64,8 @@ def ensure_engine() -> Path:
     sock = runtime.socket_path()
     if is_answering(sock):
         return sock
+    from filelock import FileLock, Timeout  # imported here: `ps` and `stop` never start an engine
+
     runtime.ensure_private_dir(sock.parent)
     timeout = start_timeout()
     try:

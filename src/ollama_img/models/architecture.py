@@ -3,8 +3,7 @@
 An `Architecture` says what a model folder of the family holds (its components, for `create`), how
 to read what the model can do from its config files (`capabilities`), which tensors `create
 --quantize` quantizes (`quantization`), what its parts need in memory (`memory`), and where its
-loader is. Components several families share
-are declared here once.
+loader is. Components several families share are declared here once.
 """
 
 from __future__ import annotations

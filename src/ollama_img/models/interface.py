@@ -60,6 +60,12 @@ class Capabilities:
     teacache: bool = False
     lora: bool = False
 
+    @property
+    def image_inputs(self) -> int:
+        """How many images a request may send (`images`, `run --image`): its start image, else its
+        reference images. The engine hands them to `generate` as `image` or `reference_images`."""
+        return 1 if self.image_input else self.reference_images
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -105,6 +111,9 @@ def _is_positive(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+MIN_STRENGTH = 1e-6  # a strength from a start image is in (0, 1]; below this no step of any schedule runs
+
+
 @dataclass(frozen=True)
 class Defaults:
     """What a generation uses for what the caller leaves out."""
@@ -113,6 +122,8 @@ class Defaults:
     height: int
     steps: int
     guidance: float | None = None  # None: the model takes no guidance scale
+    strength: float | None = None  # from a start image; None: the model takes none
+    mask_strength: float | None = None  # from a start image and a mask
 
 
 def validate_request(capabilities: Capabilities, *, width: int, height: int, steps: int) -> None:
@@ -140,8 +151,24 @@ class ImagePipeline(Protocol):
         """Bytes of weights held in memory."""
         ...
 
+    @property
+    def benefits_from_warm_up(self) -> bool:
+        """Whether running once right after loading spares the first request time (kernel compiles, GPU
+        library set-up); the engine warms up only such pipelines unless told to."""
+        ...
+
+    def warm_up(self, width: int | None = None, height: int | None = None) -> None:
+        """Run every part once at this size (default: the model's), changing no later image."""
+        ...
+
     def validate(self, *, width: int, height: int, steps: int) -> None:
         """Raise ValueError, with a message a user can act on, when a request cannot run."""
+        ...
+
+    def size_for(self, *, width: int | None = None, height: int | None = None, **options) -> tuple[int, int]:
+        """The (width, height) `generate` makes for these arguments: the sides asked, else what its image
+        options imply (a start image's size, a reference image's), else the defaults. A ValueError when
+        the images imply a size the model cannot make."""
         ...
 
     def generate(

@@ -31,6 +31,7 @@ from mlx.utils import tree_unflatten
 
 from ollama_img.backend import platform_backend
 from ollama_img.errors import UserError
+from ollama_img.phases import phase
 from ollama_img.quantization import (
     DEQUANTIZE_AT_LOAD,
     DEQUANTIZE_PER_CALL,
@@ -137,7 +138,8 @@ class ComponentLoader:
             fuse(module)
         per_call = {quantized[base].mode for base, way in ways.items() if way == DEQUANTIZE_PER_CALL}
         use_dequantizing_linears(module, per_call, _linear_dtype(stored_dtype, self.dtype))
-        mx.eval(module.parameters())
+        with phase("eval"):
+            mx.eval(module.parameters())
         return module
 
 
@@ -206,7 +208,8 @@ def _load_strictly(module: nn.Module, weights: dict[str, mx.array], dtype: mx.Dt
         module.load_weights(list(cast.items()), strict=True)
     except ValueError as exc:
         raise UserError(f"{label}: weights do not match the model's configuration ({exc})") from None
-    mx.eval(module.parameters())
+    with phase("eval"):  # the weights' bytes are read (mmap) and moved to the device here
+        mx.eval(module.parameters())
 
 
 def _linear_dtype(checkpoint: mx.Dtype, compute: mx.Dtype) -> mx.Dtype:

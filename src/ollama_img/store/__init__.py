@@ -33,19 +33,58 @@ A quantized weight's blob holds several named tensors (`weight`, `scales`, `bias
 (`write_tensor_blob`); see `ollama_img.quantization`.
 """
 
-from ollama_img.store.blobs import PLAIN_TENSOR_NAME, WrittenBlob, write_bytes_blob, write_tensor_blob
-from ollama_img.store.folder import ImportPlan, inspect_folder
-from ollama_img.store.from_model import plan_from_model
-from ollama_img.store.importer import ImportResult, import_folder
-from ollama_img.store.manifest import (
-    JSON_MEDIA_TYPE,
-    TENSOR_MEDIA_TYPE,
-    TEXT_MEDIA_TYPE,
-    Layer,
-    Manifest,
-)
-from ollama_img.store.safetensors_format import TensorEntry
-from ollama_img.store.store import ModelEntry, Removal, Store
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Each name is imported from its module on first use (PEP 562): `ollama-img list` needs the manifests,
+# not the importer, and every command must start fast.
+_HOMES = {
+    "PLAIN_TENSOR_NAME": "blobs",
+    "WrittenBlob": "blobs",
+    "write_bytes_blob": "blobs",
+    "write_tensor_blob": "blobs",
+    "ImportPlan": "folder",
+    "inspect_folder": "folder",
+    "plan_from_model": "from_model",
+    "ImportResult": "importer",
+    "import_folder": "importer",
+    "JSON_MEDIA_TYPE": "manifest",
+    "TENSOR_MEDIA_TYPE": "manifest",
+    "TEXT_MEDIA_TYPE": "manifest",
+    "Layer": "manifest",
+    "Manifest": "manifest",
+    "TensorEntry": "safetensors_format",
+    "ModelEntry": "store",
+    "Removal": "store",
+    "Store": "store",
+}
+
+if TYPE_CHECKING:
+    from ollama_img.store.blobs import PLAIN_TENSOR_NAME, WrittenBlob, write_bytes_blob, write_tensor_blob
+    from ollama_img.store.folder import ImportPlan, inspect_folder
+    from ollama_img.store.from_model import plan_from_model
+    from ollama_img.store.importer import ImportResult, import_folder
+    from ollama_img.store.manifest import (
+        JSON_MEDIA_TYPE,
+        TENSOR_MEDIA_TYPE,
+        TEXT_MEDIA_TYPE,
+        Layer,
+        Manifest,
+    )
+    from ollama_img.store.safetensors_format import TensorEntry
+    from ollama_img.store.store import ModelEntry, Removal, Store
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "JSON_MEDIA_TYPE",

@@ -7,14 +7,17 @@
                                     "size": 12309817472, "dtypes": ["BF16"]}, ...},
      "parameter_count": ..., "quantization": null or {"type": "fp8", "mode": "mxfp8", "bits": 8,
      "group_size": 32, "rule": "...", "tensors": {"transformer": 240, ...}},
-     "capabilities": {"sizes": {"unit": 16, "max_width": 8192, "max_height": 8192},
-                      "guidance": true, ...},
+     "image_capabilities": {"sizes": {"unit": 16, "max_width": 8192, "max_height": 8192},
+                            "guidance": true, ...},
      "total_size": ...}
+
+The capabilities' key is `image_capabilities`: ollama's own config blobs (ConfigV2, which registries
+also carry) use `capabilities` for a list of words such as ["image"].
 
 Reading is tolerant the way a store must be across versions: any field may be missing or null (blobs
 of older versions lack some), keys a reader does not know are ignored, and a present field of the
 wrong type is a ValueError that says which. Blobs written before capabilities were recorded get them
-derived from the family's declaration when the manifest is read (`decode_manifest`). Fields a later
+derived from the family's declaration when the store reads the manifest (`with_capabilities`). Fields a later
 version adds (a Modelfile's PARAMETERs, adapters) go here the same way: with a default that reads
 older blobs as having none.
 """
@@ -25,6 +28,8 @@ import json
 from dataclasses import dataclass, field
 
 from ollama_img.models.interface import Capabilities
+
+CAPABILITIES_KEY = "image_capabilities"
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ class ModelConfig:
             "components": {name: info.to_json() for name, info in self.components.items()},
             "parameter_count": self.parameter_count,
             "quantization": None if self.quantization is None else self.quantization.to_json(),
-            "capabilities": None if self.capabilities is None else self.capabilities.to_json(),
+            CAPABILITIES_KEY: None if self.capabilities is None else self.capabilities.to_json(),
             "total_size": self.total_size,
         }
 
@@ -140,7 +145,7 @@ class ModelConfig:
         if not isinstance(components, dict):
             raise ValueError(f"has components {components!r}, not an object")
         quantization = obj.get("quantization")
-        capabilities = obj.get("capabilities")
+        capabilities = obj.get(CAPABILITIES_KEY)
         try:
             capabilities = None if capabilities is None else Capabilities.from_json(capabilities)
         except ValueError as exc:

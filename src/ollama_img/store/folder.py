@@ -15,6 +15,7 @@ from ollama_img.errors import UserError
 from ollama_img.models import Architecture, Component, architecture_for
 from ollama_img.models.interface import Capabilities
 from ollama_img.store.blobs import BlobRef
+from ollama_img.store.config import QuantizationRecord
 from ollama_img.store.safetensors_format import Header
 from ollama_img.store.source import read_header
 
@@ -74,6 +75,7 @@ class ImportPlan:
     files: tuple[FileItem, ...]  # top-level files (model_index.json)
     components: tuple[ComponentPlan, ...]
     capabilities: Capabilities  # what the model can do, from its config files
+    quantization: QuantizationRecord | None = None  # the record of weights that arrive quantized already
 
     @property
     def tensor_count(self) -> int:
@@ -159,7 +161,7 @@ def _weight_files(directory: Path, component: Component) -> tuple[list[Path], di
     if single.is_file():
         return [single], None
     if index_path.is_file():
-        weight_map = _read_weight_map(index_path, f"{name}/{index_path.name}")
+        weight_map = read_weight_map(index_path, f"{name}/{index_path.name}")
         shard_names = sorted(set(weight_map.values()))
         for shard in shard_names:
             if not (directory / shard).is_file():
@@ -197,7 +199,7 @@ def _inspect_weights(folder: Path, directory: Path, component: Component) -> tup
     return tuple(shards)
 
 
-def _read_weight_map(path: Path, display: str) -> dict[str, str]:
+def read_weight_map(path: Path, display: str) -> dict[str, str]:
     index = _read_json(path, display)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:

@@ -223,7 +223,7 @@ def _config(plan: ImportPlan, layers: list[Layer], quantizer: _Quantizer | None 
             size=sum(layer.size for layer in own),
             dtypes=tuple(component.dtypes),
         )
-    quantization = None
+    quantization = plan.quantization  # weights that arrived quantized (a converted ollama model)
     if quantizer is not None:
         quant = quantizer.quant
         quantization = QuantizationRecord(

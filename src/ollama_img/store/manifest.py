@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from ollama_img.errors import UserError
 from ollama_img.models import ARCHITECTURES
-from ollama_img.models.interface import Capabilities
 from ollama_img.names import ModelName
 from ollama_img.store.blobs import is_digest
 from ollama_img.store.config import ModelConfig
@@ -144,9 +143,8 @@ def encode_manifest(layers: list[Layer], config_digest: str, config_size: int) -
     return json.dumps(doc, indent=2).encode("utf-8") + b"\n"
 
 
-def decode_manifest(raw: bytes, read_blob: Callable[[str], bytes], name: ModelName) -> Manifest:
-    """Parse manifest bytes; `read_blob(digest)` returns a blob's bytes (the config blob's, and for a
-    config of an older version, the JSON files its capabilities are derived from).
+def decode_manifest(raw: bytes, read_config: Callable[[str], bytes], name: ModelName) -> Manifest:
+    """Parse manifest bytes; `read_config(digest)` returns the config blob's bytes.
 
     Anything `show`, `create --from` or the loader would trip over later is a UserError here: a
     manifest that is not one, a digest that is not `sha256:<64 hex>`, a config blob that is missing, not
@@ -173,7 +171,7 @@ def decode_manifest(raw: bytes, read_blob: Callable[[str], bytes], name: ModelNa
         if not is_digest(digest):
             raise UserError(f"{damaged}: {what} has the invalid digest {digest!r}; re-create the model")
     try:
-        parsed = json.loads(read_blob(config_digest))
+        parsed = json.loads(read_config(config_digest))
     except FileNotFoundError:
         raise UserError(f"{damaged}: its config blob {config_digest} is missing") from None
     except OSError as exc:
@@ -184,8 +182,6 @@ def decode_manifest(raw: bytes, read_blob: Callable[[str], bytes], name: ModelNa
         config = ModelConfig.from_json(parsed)
     except ValueError as exc:
         raise UserError(f"{damaged}: its config blob {exc}; re-create the model") from None
-    if config.capabilities is None:
-        config = dataclasses.replace(config, capabilities=_derived_capabilities(config, layers, read_blob))
     return Manifest(layers, config, config_digest, config_size, raw, name)
 
 
@@ -193,18 +189,21 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _derived_capabilities(config: ModelConfig, layers, read_blob) -> Capabilities | None:
-    """What a model recorded by an older version can do, from its family and its stored config files;
-    None when this version does not know the family or the files do not say."""
+def with_capabilities(manifest: Manifest, read_blob: Callable[[str], bytes]) -> Manifest:
+    """The manifest of a model an older version recorded without capabilities, with them derived from its
+    family and its stored config files (`read_blob(digest)` gives a blob's bytes); others unchanged, and
+    unchanged too when this version does not know the family or the files do not say."""
+    config = manifest.config
     architecture = ARCHITECTURES.get(config.architecture)
-    if architecture is None:
-        return None
-    files = {layer.name: layer.digest for layer in layers if not layer.is_tensor}
+    if config.capabilities is not None or architecture is None:
+        return manifest
+    files = {layer.name: layer.digest for layer in manifest.layers if not layer.is_tensor}
 
     def read_json(relpath: str) -> dict:
         return json.loads(read_blob(files[relpath]))
 
     try:
-        return architecture.capabilities(read_json)
+        capabilities = architecture.capabilities(read_json)
     except (KeyError, OSError, TypeError, ValueError):
-        return None
+        return manifest
+    return dataclasses.replace(manifest, config=dataclasses.replace(config, capabilities=capabilities))

@@ -27,7 +27,7 @@ from ollama_img.store.blobs import (
     store_write_error,
 )
 from ollama_img.store.locking import shared_lock_with_cleanup, store_lock
-from ollama_img.store.manifest import Manifest, decode_manifest
+from ollama_img.store.manifest import Manifest, decode_manifest, with_capabilities
 
 
 class UnreadableManifest(UserError):
@@ -90,7 +90,11 @@ class Store:
             raw = self.manifest_path(name).read_bytes()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise self._not_found(name) from None
-        return decode_manifest(raw, lambda digest: self.blob_path(digest).read_bytes(), name)
+
+        def read_blob(digest: str) -> bytes:
+            return self.blob_path(digest).read_bytes()
+
+        return with_capabilities(decode_manifest(raw, read_blob, name), read_blob)
 
     def modified(self, name: ModelName | str) -> float:
         """When the model was last created or copied (its manifest's mtime), or NotFound."""

@@ -21,8 +21,9 @@ from ollama_img.quantization import QuantRule
 
 
 def capabilities(read_json: ReadJson) -> Capabilities:
-    """Guidance with a negative prompt and TeaCache; sides in steps of the VAE's scale times the patch
-    size, up to the transformer's RoPE table lengths (8192 for the released model)."""
+    """Guidance with a negative prompt, a start image with a mask, and TeaCache; sides in steps of the
+    VAE's scale times the patch size, up to the transformer's RoPE table lengths (8192 for the released
+    model)."""
     vae = AutoencoderKLConfig.from_dict(read_json("vae/config.json"))
     transformer = ZImageConfig.from_dict(read_json("transformer/config.json"))
     unit = vae.scale_factor * PATCH
@@ -31,6 +32,8 @@ def capabilities(read_json: ReadJson) -> Capabilities:
         sizes=SizeLimits(unit=unit, max_width=cols * unit, max_height=rows * unit),
         guidance=True,
         negative_prompt=True,
+        image_input=True,
+        mask=True,
         teacache=True,
     )
 

@@ -1,8 +1,9 @@
-"""Z-Image text-to-image in MLX: prompt -> Qwen3 embedding -> flow-matching Euler steps -> VAE -> image.
+"""Z-Image in MLX: prompt -> Qwen3 embedding -> flow-matching Euler steps -> VAE -> image.
 
 It follows diffusers' ZImagePipeline step for step (same template, same sigmas, same timestep
 convention, same guidance arithmetic), so the same weights and the same initial latents give the
-same image.
+same image. From a start image (and a mask) it follows ZImageImg2ImgPipeline and
+ZImageInpaintPipeline: the preparation is `edit.py`'s, the steps are the same loop.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ollama_img.backend import compile_steps
+from ollama_img.image_input import oriented_size
 from ollama_img.memory.plan import MemoryPlan, Planner
 from ollama_img.models import flow_match
 from ollama_img.models.autoencoder_kl import AutoencoderKL
@@ -23,8 +25,10 @@ from ollama_img.models.chat_tokenizer import ChatTokenizer
 from ollama_img.models.interface import Capabilities, Defaults, StepCallback, validate_request
 from ollama_img.models.qwen3 import Qwen3TextEncoder
 from ollama_img.models.residency import Parts
+from ollama_img.models.zimage import edit
 from ollama_img.models.zimage.config import PATCH, ZImageConfig
 from ollama_img.models.zimage.transformer import Caption, Modulation, ZImageTransformer
+from ollama_img.phases import phase
 from ollama_img.teacache import TeaCache
 
 
@@ -46,7 +50,15 @@ class Branch:
     batch: int
 
 
-TURBO = Defaults(width=1024, height=1024, steps=9, guidance=0.0)  # Z-Image-Turbo: 9 steps (8 effective)
+# Z-Image-Turbo: 9 steps (8 effective); diffusers' strengths from a start image, without and with a mask
+TURBO = Defaults(
+    width=1024,
+    height=1024,
+    steps=9,
+    guidance=0.0,
+    strength=edit.IMAGE_STRENGTH,
+    mask_strength=edit.INPAINT_STRENGTH,
+)
 PROMPT_CACHE = 8  # prompt embeddings kept (a few MB each): a repeated prompt needs no text encoder
 
 
@@ -54,8 +66,8 @@ class ZImagePipeline:
     """Satisfies `ollama_img.models.interface.ImagePipeline`.
 
     Its components (`text_encoder`, `transformer`, `vae`) are `parts`, loaded when the memory plan
-    (`memory_plan`, which the engine may replace before each request) has them resident or a phase
-    needs them; each phase of a generation first releases what the plan does not hold in it.
+    (`memory_plan`, made again for each request by `planner` when it has one) has them resident or a
+    phase needs them; each phase of a generation first releases what the plan does not hold in it.
     """
 
     def __init__(
@@ -123,9 +135,46 @@ class ZImagePipeline:
     def latent_scale(self) -> int:
         return self.vae.config.scale_factor
 
+    @property
+    def benefits_from_warm_up(self) -> bool:
+        """On a GPU the first image compiles kernels and sets up cuBLAS/cuDNN; the CPU has nothing to
+        compile (see `compile`), so warming up there would only keep the cores busy."""
+        return mx.default_device() == mx.gpu
+
+    def warm_up(self, width: int | None = None, height: int | None = None) -> None:
+        """Run every part once (text encoder, one transformer step, VAE decode) at this size, by default
+        the model's, so that the first request finds its kernels compiled, its GPU library plans made
+        and its buffers allocated. Uses no global random state: later images are unchanged."""
+        width = width or self.defaults.width
+        height = height or self.defaults.height
+        self.decode(self.denoise("warm-up", width=width, height=height, steps=1, seed=0))
+
     def validate(self, *, width: int, height: int, steps: int) -> None:
         """Raise ValueError with a message a user can act on when the request cannot run."""
         validate_request(self.capabilities, width=width, height=height, steps=steps)
+
+    def size_for(
+        self, *, width: int | None = None, height: int | None = None, image: Image.Image | None = None, **_
+    ) -> tuple[int, int]:
+        """The size `generate` makes: each side as asked, else the start image's rounded down to the size
+        unit (as diffusers' image processor rounds it), else the default."""
+        if image is None or (width is not None and height is not None):
+            return (
+                self.defaults.width if width is None else width,
+                self.defaults.height if height is None else height,
+            )
+        unit = self.capabilities.sizes.unit
+        own_width, own_height = edit.start_size(image, unit)
+        limits = self.capabilities.sizes
+        shown = "x".join(map(str, oriented_size(image)))
+        if min(own_width, own_height) < unit:
+            raise ValueError(f"the start image is {shown}: each side must be at least {unit}, or ask a size")
+        if own_width > limits.max_width or own_height > limits.max_height:
+            raise ValueError(
+                f"the start image is {shown}, larger than this model makes "
+                f"({limits.max_width}x{limits.max_height}): ask a smaller size"
+            )
+        return own_width if width is None else width, own_height if height is None else height
 
     # -- the parts -----------------------------------------------------------------------------
 
@@ -145,14 +194,27 @@ class ZImagePipeline:
             self._embeddings.popitem(last=False)
         return embedding
 
-    def initial_latents(self, width: int, height: int, seed: int) -> mx.array:
-        shape = (
+    def latent_shape(self, width: int, height: int) -> tuple[int, int, int, int]:
+        return (
             1,
             self.transformer_config.in_channels,
             height // self.latent_scale,
             width // self.latent_scale,
         )
-        return mx.random.normal(shape, dtype=mx.float32, key=mx.random.key(seed))
+
+    def initial_latents(self, width: int, height: int, seed: int) -> mx.array:
+        return mx.random.normal(self.latent_shape(width, height), dtype=mx.float32, key=mx.random.key(seed))
+
+    def given_latents(self, name: str, value: np.ndarray, width: int, height: int) -> mx.array:
+        """Caller-given latents or noise (diffusers' layout, float32) of the shape the size needs."""
+        expected = self.latent_shape(width, height)
+        if tuple(value.shape) != expected:
+            raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
+        return mx.array(np.asarray(value, dtype=np.float32))
+
+    def encode_image(self, pixels: np.ndarray) -> mx.array:
+        """(1, H, W, 3) pixels in [-1, 1] -> scaled latents (1, 16, H / 8, W / 8): the posterior's mean."""
+        return self.vae.encode(mx.array(pixels).astype(self.dtype))
 
     def decode(self, latents: mx.array) -> Image.Image:
         self._enter("decode")
@@ -166,14 +228,17 @@ class ZImagePipeline:
 
     def generate(self, prompt: str, **kwargs) -> Image.Image:
         """One image; the arguments are `denoise`'s."""
-        return self.decode(self.denoise(prompt, **kwargs))
+        with phase("denoise"):
+            latents = self.denoise(prompt, **kwargs)
+        with phase("decode"):
+            return self.decode(latents)
 
     def denoise(
         self,
         prompt: str,
         *,
-        width: int = TURBO.width,
-        height: int = TURBO.height,
+        width: int | None = None,
+        height: int | None = None,
         steps: int = TURBO.steps,
         guidance: float = TURBO.guidance,
         negative_prompt: str | None = None,
@@ -184,39 +249,37 @@ class ZImagePipeline:
         cfg_truncation: float = 1.0,
         teacache: float | TeaCache | None = None,
         stats: GenerationStats | None = None,
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+        strength: float | None = None,
+        noise: np.ndarray | None = None,
     ) -> mx.array:
         """The final latents. `latents` (1, 16, height // 8, width // 8) float32 replaces the seeded noise.
 
-        `on_step(step, total)` runs after every step; an exception it raises stops the generation.
+        From a start `image` (and, to repaint only part of it, a `mask`: white repaints), `strength` in
+        (0, 1] says how much of the schedule runs (default 0.6, with a mask 1.0); the size defaults to
+        the image's; `noise`, in the layout of `latents`, replaces the seeded noise the image is mixed
+        with. `on_step(step, total)` runs after every step; an exception it raises stops the generation.
         `teacache` (a threshold, e.g. 0.3) skips the main blocks on steps whose input changed little;
         `stats`, if given, is filled with what ran.
         """
+        width, height = self.size_for(width=width, height=height, image=image)
         self.validate(width=width, height=height, steps=steps)
         self.plan_memory(width, height, guidance, (prompt, negative_prompt if guidance > 0 else None))
-        if latents is not None:
-            expected = (
-                1,
-                self.transformer_config.in_channels,
-                height // self.latent_scale,
-                width // self.latent_scale,
-            )
-            if tuple(latents.shape) != expected:
-                raise ValueError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
-            x = mx.array(np.asarray(latents, dtype=np.float32))
-        else:
-            x = self.initial_latents(width, height, secrets.randbits(32) if seed is None else seed)
+        start = self._start(width, height, steps, seed, latents, image, mask, strength, noise)
+        x = start.latents
 
         use_cfg = guidance > 0
-        embeddings = [self.encode_prompt(prompt)]
-        if use_cfg:
-            embeddings.append(self.encode_prompt(negative_prompt or ""))
-        self._enter("denoise")
-        positive, *negative = [self._caption(embedding) for embedding in embeddings]
-        plain = [Branch("positive", positive, 1)]
-        guided = self._guided_branches(positive, negative[0]) if use_cfg else plain
+        with phase("text"):
+            embeddings = [self.encode_prompt(prompt)]
+            if use_cfg:
+                embeddings.append(self.encode_prompt(negative_prompt or ""))
+            self._enter("denoise")
+            positive, *negative = [self._caption(embedding) for embedding in embeddings]
+            plain = [Branch("positive", positive, 1)]
+            guided = self._guided_branches(positive, negative[0]) if use_cfg else plain
 
-        seq_len = (x.shape[2] // PATCH) * (x.shape[3] // PATCH)
-        sig = flow_match.sigmas(self.scheduler_config, steps, seq_len)
+        sig = start.sigmas
         times = flow_match.model_times(sig)
         mods = self.transformer.modulations(mx.array(times), self.dtype)
         if isinstance(teacache, TeaCache):  # a caller's own cache (bench/teacache.py --fit probes with one)
@@ -224,25 +287,62 @@ class ZImagePipeline:
         else:  # threshold 0 never skips, so it is off
             cache = TeaCache(teacache, steps) if teacache else None
         done = None  # the previous step's latents: waited for while the current step runs
-        for i in range(steps):
+        total = steps - start.first  # the steps that run (fewer from a start image)
+        for i in range(start.first, steps):
             scale = guidance if use_cfg and times[i] <= cfg_truncation else 0.0
             branches = guided if scale > 0 else plain
             velocity = self._velocity(i, x, mods[i], branches, scale, cfg_normalization, cache)
             x = x + float(sig[i + 1] - sig[i]) * -velocity
+            if start.blend is not None:
+                x = start.blend(i, x)
             mx.async_eval(x)
             if done is not None:
                 mx.eval(done)
                 if on_step is not None:
-                    on_step(i, steps)
+                    on_step(i - start.first, total)
             done = x
         mx.eval(x)
         if on_step is not None:
-            on_step(steps, steps)
+            on_step(total, total)
         if stats is not None:
-            stats.steps = steps
-            stats.stack_passes = cache.computed if cache else steps
+            stats.steps = total
+            stats.stack_passes = cache.computed if cache else total
             stats.stack_skipped = cache.skipped if cache else 0
         return x
+
+    def _start(self, width, height, steps, seed, latents, image, mask, strength, noise) -> edit.Start:
+        """The latents the steps begin from, the schedule and the step they begin at: seeded (or given)
+        noise for text-to-image, the start image noised to its strength's sigma otherwise."""
+        seq_len = (height // self.latent_scale // PATCH) * (width // self.latent_scale // PATCH)
+        sig = flow_match.sigmas(self.scheduler_config, steps, seq_len)
+        if image is None:
+            for name, value in (("mask", mask), ("strength", strength), ("noise", noise)):
+                if value is not None:
+                    raise ValueError(f"{name} needs a start image (image=...)")
+            if latents is not None:
+                return edit.Start(self.given_latents("latents", latents, width, height), sig)
+            return edit.Start(self.initial_latents(width, height, _seed(seed)), sig)
+        if latents is not None:
+            raise ValueError("latents are for text-to-image; from a start image, pass noise=")
+        if strength is None:
+            strength = self.defaults.mask_strength if mask is not None else self.defaults.strength
+        if mask is not None and oriented_size(mask) != oriented_size(image):
+            raise ValueError(
+                f"the mask is {'x'.join(map(str, oriented_size(mask)))} but the image "
+                f"{'x'.join(map(str, oriented_size(image)))}: they must be the same size"
+            )
+        given = self.given_latents("noise", noise, width, height) if noise is not None else None
+        return edit.prepare(
+            self.encode_image,
+            image=image,
+            mask=mask,
+            strength=strength,
+            noise=given if given is not None else self.initial_latents(width, height, _seed(seed)),
+            sigmas=sig,
+            width=width,
+            height=height,
+            scale=self.latent_scale,
+        )
 
     def _caption(self, embedding: mx.array) -> Caption:
         caption = self.transformer.encode_caption(embedding, [embedding.shape[1]])
@@ -302,3 +402,7 @@ class ZImagePipeline:
             pred_norm = mx.linalg.norm(pred.reshape(-1))
             pred = mx.where(pred_norm > max_norm, pred * (max_norm / pred_norm), pred)
         return pred
+
+
+def _seed(seed: int | None) -> int:
+    return secrets.randbits(32) if seed is None else seed

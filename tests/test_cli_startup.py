@@ -1,0 +1,72 @@
+"""The CLI starts without the heavy libraries: no MLX, PIL or numpy (nor httpx, rich, pydantic) for
+importing it, `--help`, `ps` and `list`. Start-up time itself is measured by bench/cli_startup.py."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.engine_env import EngineEnv
+
+HEAVY = ("mlx", "PIL", "numpy", "httpx", "rich", "pydantic", "filelock")
+
+# Runs the real entry point, then reports which top-level packages the process imported.
+PROBE = """
+import atexit, json, sys
+atexit.register(lambda: sys.__stderr__.write("MODULES " + json.dumps(sorted({m.split(".")[0] for m in sys.modules})) + "\\n"))
+from ollama_img.cli.app import main
+main(sys.argv[1:])
+"""
+
+
+def imported_by(world: EngineEnv, *args: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        env=world.env,
+        cwd=world.work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stderr.splitlines() if x.startswith("MODULES "))
+    return set(json.loads(line.removeprefix("MODULES ")))
+
+
+@pytest.fixture
+def world(tmp_path, tiny_folder):
+    env = EngineEnv(tmp_path, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
+    done = env.cli("create", "tiny", "-f", str(tiny_folder))
+    assert done.returncode == 0, done.stderr
+    yield env
+    env.close()
+
+
+def test_importing_the_cli_loads_no_heavy_library(world):
+    code = "import json, sys; from ollama_img.cli import app; app._register_commands(); print(json.dumps(list(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=world.env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = {m.split(".")[0] for m in json.loads(done.stdout)}
+    assert "ollama_img" in loaded
+    assert not loaded & set(HEAVY)
+
+
+@pytest.mark.parametrize("args", [("--help",), ("ps",), ("list",), ("--version",)], ids=" ".join)
+def test_quick_commands_load_no_heavy_library(world, args):
+    loaded = imported_by(world, *args)
+    assert "typer" in loaded  # the probe saw the real CLI run
+    assert not loaded & set(HEAVY), f"{' '.join(args)} imported {sorted(loaded & set(HEAVY))}"
+
+
+def test_ps_against_a_running_engine_loads_no_heavy_library(world):
+    world.start_engine()
+    done = world.cli("run", "tiny", "a red fox", "--size", "64x64", "--steps", "1", "-o", "fox.png")
+    assert done.returncode == 0, done.stderr
+    loaded = imported_by(world, "ps")
+    assert not loaded & set(HEAVY)
+    table = world.cli("ps").stdout
+    assert "tiny:latest" in table  # the stdlib client read the engine's answer
