@@ -189,7 +189,14 @@ def orchestrate(args):
     def run_diffusers(mode):
         name = f"diffusers {mode}"
         if tiny and mode == "offload":
-            report["runs"].append({"name": name, "skipped": "model CPU offload needs a GPU"})
+            report["runs"].append(
+                {
+                    "name": name,
+                    "model": "diffusers",
+                    "budget": mode,
+                    "skipped": "model CPU offload needs a GPU",
+                }
+            )
             return
         command = [
             sys.executable, __file__, "diffusers", "--folder", str(folder), "--mode", mode,
@@ -226,7 +233,7 @@ def child_env(store: Path, budget: str | None) -> dict:
 
 def run_child(command: list[str], env: dict, name: str, timeout: float) -> dict:
     """Run one configuration, sampling nvidia-smi meanwhile; its RESULT line, or why there is none."""
-    baseline = smi_device_used()
+    baseline = nvml_device_used() or smi_device_used()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = Sampler(process.pid)
     sampler.start()
@@ -255,7 +262,8 @@ def run_child(command: list[str], env: dict, name: str, timeout: float) -> dict:
 
 
 class Sampler(threading.Thread):
-    """Polls nvidia-smi for a process's and the device's used memory (GB) while it runs."""
+    """Samples the device's used memory (NVML, every 10 ms; nvidia-smi's figure) and the process's
+    (nvidia-smi, every ~0.2 s: each call takes tens of ms), in GB, while a configuration runs."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
@@ -263,14 +271,19 @@ class Sampler(threading.Thread):
         self._done = threading.Event()
 
     def run(self):
+        last_smi = 0.0
         while not self._done.is_set():
-            used = smi_process_used(self.pid)
-            if used is not None:
-                self.process_peak = max(self.process_peak or 0.0, used)
-            device = smi_device_used()
+            device = nvml_device_used()
+            if device is None and time.monotonic() - last_smi > 0.2:
+                device = smi_device_used()
             if device is not None:
                 self.device_peak = max(self.device_peak or 0.0, device)
-            self._done.wait(0.1)
+            if time.monotonic() - last_smi > 0.2:
+                last_smi = time.monotonic()
+                used = smi_process_used(self.pid)
+                if used is not None:
+                    self.process_peak = max(self.process_peak or 0.0, used)
+            self._done.wait(0.01)
 
     def stop(self):
         self._done.set()
@@ -298,6 +311,13 @@ def smi_process_used(pid: int) -> float | None:
         if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
             return int(parts[1]) * 2**20 / GB
     return None
+
+
+def nvml_device_used() -> float | None:
+    from ollama_img.memory.device import nvml_memory  # ctypes on the driver's library; no MLX
+
+    memory = nvml_memory(0)
+    return None if memory is None else (memory[0] - memory[1]) / GB
 
 
 def smi_device_used() -> float | None:

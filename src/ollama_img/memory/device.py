@@ -120,7 +120,12 @@ class _NvmlMemory(ctypes.Structure):
 
 
 def _nvml_free(index: int = 0) -> int | None:
-    """Free bytes of GPU `index` from NVML (the driver's library), or None when it cannot say."""
+    memory = nvml_memory(index)
+    return None if memory is None else memory[1]
+
+
+def nvml_memory(index: int = 0) -> tuple[int, int] | None:
+    """(total, free) bytes of GPU `index` from NVML (the driver's library), or None when it cannot say."""
     try:
         nvml = ctypes.CDLL("libnvidia-ml.so.1")
         if nvml.nvmlInit_v2() != 0:
@@ -131,6 +136,6 @@ def _nvml_free(index: int = 0) -> int | None:
             return None
         if nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) != 0:
             return None
-        return int(memory.free)
+        return int(memory.total), int(memory.free)
     except (OSError, AttributeError):
         return None
