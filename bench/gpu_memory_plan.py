@@ -596,28 +596,31 @@ def markdown(report: dict) -> str:
             )
     lines += [
         "",
-        "Peak by phase, measured (MLX) against the plan's estimate (weights held + working set), GB:",
-        "",
+        f"Peak by phase, measured (MLX) against the plan's estimate (weights held + working set), {unit}:",
     ]
-    lines += ["| run | size | encode | denoise | decode | load |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "| run | size | encode | denoise | decode | load |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def pair(measured, estimate):
+        return f"{_g(None if measured is None else measured * scale)} ({estimate / GB * scale:.2f})"
+
     for run in runs:
         for size, e in run.get("sizes", {}).items():
             plan = e.get("plan")
             if not plan:
                 continue
             ph = plan["phases"]
-
-            def pair(key, phase, ph=ph, e=e):
-                return f"{_g(e.get(key))} ({ph[phase] / GB:.2f})"
-
             load = (
-                f"{_g(run.get('load_peak_gb'))} ({run['load_plan']['phases']['load'] / GB:.2f})"
+                pair(run.get("load_peak_gb"), run["load_plan"]["phases"]["load"])
                 if "load_plan" in run
                 else "-"
             )
             lines.append(
-                f"| {run['name']} | {size}² | {pair('encode_peak_gb', 'encode')} | {pair('denoise_peak_gb', 'denoise')} | "
-                f"{pair('decode_peak_gb', 'decode')} | {load} |"
+                f"| {run['name']} | {size}² | {pair(e.get('encode_peak_gb'), ph['encode'])} | "
+                f"{pair(e.get('denoise_peak_gb'), ph['denoise'])} | {pair(e.get('decode_peak_gb'), ph['decode'])} | {load} |"
             )
     setup = report.get("setup", {})
     lines += [
@@ -633,14 +636,19 @@ def write_results(report: dict):
     from bench.results import replace_section
 
     machine = report.get("machine", {})
-    body = (
-        f"Measured {report['started']} on {machine.get('gpu') or 'the CPU'} (`bench/gpu_memory_plan.py`"
-        f"{' --tiny' if report['tiny'] else ''}): full-size random-weight Z-Image-Turbo, 9 steps, guidance 0; "
-        "each row its own process under `OLLAMA_IMG_GPU_MEMORY`; warm = same prompt, new seeds; new prompt = "
-        "a prompt not seen before (the text encoder reloads when the plan has it on demand); PSNR against the "
-        "bf16 unlimited image of the same seed.\n\n" + markdown(report)
+    tiny = report["tiny"]
+    model = (
+        "the tiny random-weight model, 2 steps" if tiny else "full-size random-weight Z-Image-Turbo, 9 steps"
     )
-    replace_section("Memory plans (bench/gpu_memory_plan.py)", body)
+    body = (
+        f"Measured {report['started']} on {machine.get('gpu') or 'the CPU (' + str(machine.get('cpus')) + ' cores)'} "
+        f"(`bench/gpu_memory_plan.py{' --tiny' if tiny else ''}`): {model}, guidance 0; each row its own "
+        "process under `OLLAMA_IMG_GPU_MEMORY`; warm = same prompt, new seeds; new prompt = a prompt not seen "
+        "before (the text encoder reloads when the plan has it on demand); PSNR against the bf16 unlimited "
+        "image of the same seed (diffusers: from the same initial latents).\n\n" + markdown(report)
+    )
+    title = "Memory plans, tiny model on the CPU" if tiny else "Memory plans on a GPU"
+    replace_section(f"{title} (bench/gpu_memory_plan.py)", body)
     print("wrote the section of bench/RESULTS.md")
 
 
