@@ -16,8 +16,7 @@ BUDGET = "20MB"
 def world(tmp_path_factory, tiny_folder):
     env = EngineEnv(tmp_path_factory.mktemp("memory"), OLLAMA_IMG_GPU_MEMORY=BUDGET)
     try:
-        created = env.cli("create", "z-image", "-f", str(tiny_folder))
-        assert created.returncode == 0, created.stderr
+        env.create("z-image", tiny_folder)
         yield env
     finally:
         env.close()
@@ -95,7 +94,7 @@ def test_a_malformed_budget_is_one_line_before_any_engine(tmp_path, tiny_folder)
 def test_serve_takes_a_budget_flag(tmp_path, tiny_folder):
     env = EngineEnv(tmp_path)
     try:
-        assert env.cli("create", "z-image", "-f", str(tiny_folder)).returncode == 0
+        env.create("z-image", tiny_folder)
         serve, _ = env.serve("--gpu-memory", "2MB")
         try:
             refused = run(env, "64x48")
@@ -117,7 +116,7 @@ def test_a_second_model_evicts_the_first_only_when_both_do_not_fit(tmp_path, tin
     env = EngineEnv(tmp_path, OLLAMA_IMG_GPU_MEMORY=budget, OLLAMA_IMG_MAX_LOADED_MODELS="2")
     try:
         for name in ("z-image", "other"):
-            assert env.cli("create", name, "-f", str(tiny_folder)).returncode == 0
+            env.create(name, tiny_folder)
         assert run(env, "64x48").returncode == 0
         second = env.cli("run", "other", "a cat", "--size", "64x48", "--steps", "2", "--no-open")
         assert second.returncode == 0, second.stderr
