@@ -136,6 +136,9 @@ def orchestrate(args):
         report["setup"]["build_s"] = time.perf_counter() - t0
         print(f"built {folder} in {report['setup']['build_s']:.1f} s")
     for quant in ("fp8", "int4"):
+        if has_model(store, f"z:{quant}"):
+            print(f"z:{quant} is in {store} already")
+            continue
         t0 = time.perf_counter()
         done = subprocess.run(
             [
@@ -220,6 +223,17 @@ def orchestrate(args):
     print(f"done in {report['elapsed_s']:.0f} s; results in {out}/results.json and {out}/table.md")
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def has_model(store: Path, name: str) -> bool:
+    from ollama_img.errors import UserError
+    from ollama_img.store import Store
+
+    try:
+        Store(store).manifest(name)
+    except UserError:
+        return False
+    return True
 
 
 def child_env(store: Path, budget: str | None) -> dict:
