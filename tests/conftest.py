@@ -47,19 +47,46 @@ def reference_pipe(reference_folder):
     return load_reference(reference_folder)
 
 
-@pytest.fixture(scope="session", params=["folder", "store"])
-def mlx_pipe(request, reference_folder, tmp_path_factory):
-    """ollama-img's pipeline on the reference weights, loaded from the folder and from the store (after create)."""
+def loaded(way: str, folder: Path, name: str, tmp_path_factory):
+    """The pipeline of `folder`, loaded from the folder itself or from a store it was imported into."""
     from ollama_img import load_pipeline
     from ollama_img.store import import_folder, inspect_folder
 
-    if request.param == "folder":
-        return load_pipeline(reference_folder)
-    store = Store(tmp_path_factory.mktemp("ref-store"))
-    import_folder(store, "zimage-ref", inspect_folder(reference_folder))
-    pipe = load_pipeline("zimage-ref", store=store)
-    assert pipe.digest == store.manifest("zimage-ref").digest
+    if way == "folder":
+        return load_pipeline(folder)
+    store = Store(tmp_path_factory.mktemp(f"{name}-store"))
+    import_folder(store, name, inspect_folder(folder))
+    pipe = load_pipeline(name, store=store)
+    assert pipe.digest == store.manifest(name).digest
     return pipe
+
+
+@pytest.fixture(scope="session", params=["folder", "store"])
+def mlx_pipe(request, reference_folder, tmp_path_factory):
+    """ollama-img's pipeline on the reference weights, loaded from the folder and from the store (after create)."""
+    return loaded(request.param, reference_folder, "zimage-ref", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def flux2_reference_folder(tmp_path_factory):
+    """A tiny float32 FLUX.2 [klein] folder written by diffusers' own save_pretrained."""
+    pytest.importorskip("diffusers")
+    from tests.fixtures.flux2_reference import build_flux2_reference_folder
+
+    return build_flux2_reference_folder(tmp_path_factory.mktemp("flux2-ref") / "FLUX.2-klein-ref")
+
+
+@pytest.fixture(scope="session")
+def flux2_reference_pipe(flux2_reference_folder):
+    from tests.fixtures.flux2_reference import load_flux2_reference
+
+    return load_flux2_reference(flux2_reference_folder)
+
+
+@pytest.fixture(scope="session", params=["folder", "store"])
+def flux2_pipe(request, flux2_reference_folder, tmp_path_factory):
+    """ollama-img's FLUX.2 pipeline on the reference weights, from the folder and from the store (after create)."""
+    return loaded(request.param, flux2_reference_folder, "klein-ref", tmp_path_factory)
 
 
 @pytest.fixture

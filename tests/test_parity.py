@@ -10,6 +10,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from tests.fixtures.pipeline_contract import check_on_step, check_seeds
+
 torch = pytest.importorskip("torch")
 
 PROMPT = "a cat playing piano under a golden sky"
@@ -175,27 +177,11 @@ def test_cfg_normalization_and_truncation_match(mlx_pipe, reference_pipe):
 
 
 def test_on_step_is_called_after_every_step_and_can_stop_the_run(mlx_pipe):
-    calls = []
-    mlx_pipe.generate(PROMPT, width=32, height=32, steps=3, seed=5, on_step=lambda k, n: calls.append((k, n)))
-    assert calls == [(1, 3), (2, 3), (3, 3)]
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_two(k, n):
-        if k == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        mlx_pipe.generate(PROMPT, width=32, height=32, steps=5, seed=5, on_step=stop_at_two)
+    check_on_step(mlx_pipe, PROMPT, width=32, height=32)
 
 
 def test_same_seed_same_image_other_seed_other_image(mlx_pipe):
-    a = np.asarray(mlx_pipe.generate(PROMPT, width=32, height=32, steps=2, seed=42))
-    b = np.asarray(mlx_pipe.generate(PROMPT, width=32, height=32, steps=2, seed=42))
-    c = np.asarray(mlx_pipe.generate(PROMPT, width=32, height=32, steps=2, seed=43))
-    assert np.array_equal(a, b)
-    assert not np.array_equal(a, c)
+    check_seeds(mlx_pipe, PROMPT, steps=2, width=32, height=32)
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from ollama_img.models.architecture import Architecture, Component
 
 __all__ = ["ARCHITECTURES", "Architecture", "Component", "architecture_for", "size_unit"]
 
-FAMILIES = ("zimage",)  # packages under ollama_img.models, each with its ARCHITECTURE
+FAMILIES = ("zimage", "flux2")  # packages under ollama_img.models, each with its ARCHITECTURE
 
 ARCHITECTURES: dict[str, Architecture] = {
     arch.class_name: arch

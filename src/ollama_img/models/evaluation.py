@@ -15,6 +15,12 @@ import mlx.core as mx
 
 from ollama_img.memory.plan import Evaluation
 
+# A fixed evaluation for pipelines that follow no memory plan (FLUX.2): on a GPU, every SUBMIT_EVERY
+# blocks of a pass of at least SUBMIT_MIN_TOKENS tokens. Measured on Z-Image at 1024x1024 (H100): one
+# step's peak 4.3 GB above the weights instead of 14.6 GB, for about 4% of the step's time.
+SUBMIT_EVERY = 6
+SUBMIT_MIN_TOKENS = 4096
+
 
 class Chunks:
     """Call `after(i, *arrays)` after block i of a chain: every `evaluation.chunk` blocks it evaluates them."""
