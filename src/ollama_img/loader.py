@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 from ollama_img.backend import require_mlx
@@ -11,15 +12,34 @@ from ollama_img.phases import phase
 from ollama_img.weights import open_source
 
 
-def load_pipeline(name_or_folder: str | Path, *, store=None, dtype=None):
+def load_pipeline(
+    name_or_folder: str | Path, *, store=None, dtype=None, budget=None, planner=None, plan=None
+):
     """Load from the store (a model name) or from a diffusers model folder (a directory path).
 
     `dtype` overrides the compute dtype (default: the checkpoint's on a GPU, float32 on the CPU).
+    Memory is planned (`ollama_img.memory`): within `budget` (a `memory.budget.Budget`; default
+    OLLAMA_IMG_GPU_MEMORY, cut to what the device has free), for the model's default size at load and
+    again for each generation; MLX's memory limit is set to the budget. The engine passes its own
+    `planner` (and the load's `plan`) instead, having accounted for the other models it holds.
+    A MemoryPlanError (a UserError) says when even the load cannot fit.
     """
     with phase("resolve"):
         require_mlx()
+        from ollama_img.memory.device import apply_limits, device_kind, engine_budget
+        from ollama_img.memory.plan import Planner
+
         source = open_source(name_or_folder, store)
         arch = architecture_for(source.read_json("model_index.json").get("_class_name"))
         module = importlib.import_module(arch.loader)
+        if planner is None:
+            budget = engine_budget(budget)
+            planner = Planner(arch.memory_of(source), device_kind(), budget, label=source.label)
+            plan = planner.for_load()
+            apply_limits(budget, plan.cache_limit)
+        elif plan is None:
+            plan = planner.for_load()
+    accepted = inspect.signature(module.load).parameters  # a family's loader may not take a plan
+    memory = {key: value for key, value in (("plan", plan), ("planner", planner)) if key in accepted}
     with phase("build"):  # what the loader does not mark as read or eval
-        return module.load(source, dtype=dtype)
+        return module.load(source, dtype=dtype, **memory)

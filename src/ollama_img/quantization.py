@@ -99,26 +99,43 @@ DEQUANTIZE_PER_CALL = "dequantize-per-call"  # packed, dequantized in each call 
 DEQUANTIZE_AT_LOAD = "dequantize-at-load"  # plain weights, dequantized once while loading
 STRATEGIES = (QUANTIZED_MATMUL, DEQUANTIZE_PER_CALL, DEQUANTIZE_AT_LOAD)
 
-# Chosen from measurements (bench/RESULTS.md, "Quantization"): the fastest way, and among ways within
-# 5% of the fastest the one that holds the least memory.
+# Chosen from measurements (bench/RESULTS.md, "Quantization"): the fastest way that keeps the weights
+# packed. Dequantizing at load (a plain matmul's speed, the unquantized model's memory) is never chosen:
+# a quantized model is asked for to fit a smaller memory; it stays available to force (benchmarks).
 # - CPU: quantized matmul is ~2x slower than a plain one for mxfp8 and ~10% slower for affine, ~2x
 #   faster for the fp4 modes; dequantizing per call is within 5% of a plain matmul.
-# - CUDA: mxfp8 quantized matmul measured 4.5x slower than bf16 at the FFN shape on an H100; the other
-#   modes are assumed alike until bench/quantization.py's CUDA figures say otherwise.
+# - CUDA: mxfp8 quantized matmul measured 4.5x slower than bf16 at the FFN shape on an H100 (4224 tokens);
+#   dequantizing per call cost 1.16 s against 0.96 s at load for a 1024x1024 fp8 image, 1.10 against
+#   1.01 s for int4. A text encoder runs on a few hundred tokens at most, where a matmul reads its
+#   weights more than it computes: there the quantized matmul reads the packed bytes once and writes no
+#   dequantized copy (`ENCODER_ROLE`).
 # - Metal (not in the table): MLX's quantized kernels are its fast path there.
 _STRATEGY = {
     ("cpu", "mxfp8"): DEQUANTIZE_PER_CALL,
     ("cpu", "affine"): DEQUANTIZE_PER_CALL,
-    ("cuda", "mxfp8"): DEQUANTIZE_AT_LOAD,
-    ("cuda", "affine"): DEQUANTIZE_AT_LOAD,
-    ("cuda", "nvfp4"): DEQUANTIZE_AT_LOAD,
-    ("cuda", "mxfp4"): DEQUANTIZE_AT_LOAD,
+    ("cuda", "mxfp8"): DEQUANTIZE_PER_CALL,
+    ("cuda", "affine"): DEQUANTIZE_PER_CALL,
+    ("cuda", "nvfp4"): DEQUANTIZE_PER_CALL,
+    ("cuda", "mxfp4"): DEQUANTIZE_PER_CALL,
 }
+ENCODER_ROLE = "encoder"  # `ollama_img.memory.profile.ENCODER`: short sequences
 
 
-def loading_strategy(backend: str, mode: str) -> str:
-    """How to run weights of quantization `mode` on `backend` ("metal", "cuda", "cpu")."""
+def loading_strategy(backend: str, mode: str, role: str | None = None) -> str:
+    """How to run weights of quantization `mode` on `backend` ("metal", "cuda", "cpu") in a component of
+    `role` (None: a denoiser's long sequences)."""
+    if backend == "cuda" and role == ENCODER_ROLE:
+        return QUANTIZED_MATMUL
     return _STRATEGY.get((backend, mode), QUANTIZED_MATMUL)
+
+
+def quantized_nbytes(shape: tuple[int, ...], quant: QuantType) -> int:
+    """Bytes of a (rows, cols) weight quantized as `quant` (packed values, scales and, for affine modes,
+    bf16 offsets; the blob's ~150-byte header aside): 0.52x bf16 for fp8, 0.28x for int4."""
+    rows, cols = shape
+    groups = rows * (cols // quant.group_size)
+    per_group = 4 if quant.mode == "affine" else 1  # bf16 scale + bf16 offset; one 8-bit scale
+    return rows * cols * quant.bits // 8 + groups * per_group
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from ollama_img.quantization import QuantParams
 if TYPE_CHECKING:
     import mlx.core as mx
 
+    from ollama_img.memory.profile import Stored
     from ollama_img.models.interface import Capabilities
     from ollama_img.store import Manifest, Store
 
@@ -50,6 +51,10 @@ class WeightSource(Protocol):
     def weights(self, component: str, names: Collection[str] | None = None) -> ComponentWeights:
         """The component's tensors (lazy, made on the calling thread); with `names`, only those (a
         quantized weight's companions come with its weight)."""
+        ...
+
+    def stored(self) -> dict[str, Stored]:
+        """Each component's stored bytes and quantization (no MLX: the memory planner reads it)."""
         ...
 
 
@@ -112,6 +117,19 @@ class FolderSource:
         wanted = {holds[name] for name in names if name in holds}
         return [f for f in dict.fromkeys(holds.values()) if f in wanted]
 
+    def stored(self) -> dict[str, Stored]:
+        """The tensors the importer would store, by component (their headers; a folder is never quantized)."""
+        from ollama_img.memory.profile import Stored, upcast_bytes
+        from ollama_img.store.folder import inspect_folder
+
+        out = {}
+        for component in inspect_folder(self.root).components:
+            tensors = [t for shard in component.shards for t in shard.header.tensors]
+            if tensors:
+                upcast = sum(upcast_bytes(t.name, t.dtype, t.shape, t.nbytes) for t in tensors)
+                out[component.name] = Stored(sum(t.nbytes for t in tensors), upcast=upcast)
+        return out
+
 
 class StoreSource:
     """A model in the store: each tensor layer is a blob that `mx.load` maps directly."""
@@ -166,6 +184,31 @@ class StoreSource:
         if not out.tensors:
             raise UserError(f"{self.label}: the store has no tensors for {component}")
         return out
+
+    def stored(self) -> dict[str, Stored]:
+        return stored_of_manifest(self.manifest)
+
+
+def stored_of_manifest(manifest: Manifest) -> dict[str, Stored]:
+    """Each component's tensor bytes in a manifest, and the quantization its record gives it."""
+    from ollama_img.memory.profile import Stored, upcast_bytes
+    from ollama_img.quantization import TYPES
+
+    record = manifest.config.quantization
+    sizes: dict[str, int] = {}
+    upcast: dict[str, int] = {}
+    for layer in manifest.layers:
+        if layer.is_tensor:
+            sizes[layer.component] = sizes.get(layer.component, 0) + layer.size
+            extra = upcast_bytes(layer.name, layer.dtype, layer.shape, layer.size)
+            upcast[layer.component] = upcast.get(layer.component, 0) + extra
+    out = {}
+    for name, size in sizes.items():
+        quantized = record is not None and record.tensors.get(name)
+        quant = TYPES.get(record.type) if quantized else None
+        mode = quant.mode if quant else (record.mode if quantized else None)
+        out[name] = Stored(size, record.type if quantized else None, mode, upcast[name])
+    return out
 
 
 def _parse_json(text: str, where: str) -> dict:

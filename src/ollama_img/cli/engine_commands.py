@@ -72,11 +72,20 @@ def serve(
     socket_only: bool = typer.Option(
         False, "--socket-only", help="Listen on the Unix socket only, not on TCP."
     ),
+    gpu_memory: str | None = typer.Option(
+        None,
+        "--gpu-memory",
+        metavar="SIZE",
+        help="Memory the engine may use, e.g. 12GB (RAM on the CPU back end; env OLLAMA_IMG_GPU_MEMORY; "
+        "default: what the device has free).",
+    ),
 ):
     """Run the engine in the foreground: the Unix socket for the CLI, and the HTTP API on TCP."""
     from ollama_img.engine.listen import default_host, parse_host
     from ollama_img.engine.main import configure_logging, run_engine
+    from ollama_img.memory.budget import Budget, parse_bytes
 
+    budget = None if gpu_memory is None else Budget(parse_bytes(gpu_memory, "--gpu-memory"), "--gpu-memory")
     tcp = None if socket_only else (parse_host(host) if host is not None else default_host())
     configure_logging()
-    run_engine(tcp=tcp, idle_exit=None)
+    run_engine(tcp=tcp, idle_exit=None, gpu_memory=budget)

@@ -109,7 +109,8 @@ def show(
     name: str = typer.Argument(..., help="Model name."),
     as_json: bool = typer.Option(False, "--json", help="Print the model's description as JSON."),
 ):
-    """Show a model's architecture, parameters, quantization, capabilities and components."""
+    """Show a model's architecture, parameters, quantization, capabilities, memory and components."""
+    from ollama_img.engine.catalog import memory_report
     from ollama_img.store import Store
 
     model = ModelName.parse(name)
@@ -126,6 +127,7 @@ def show(
             "modified_at": datetime.datetime.fromtimestamp(modified, datetime.UTC).isoformat(),
             "layers": len(manifest.layers),
             "config": config.to_json(),
+            "memory": memory_report(store, str(model)),
         }
         print(json.dumps(doc, indent=2))
         return
@@ -149,6 +151,13 @@ def show(
         print()
         print("  Capabilities")
         print(_indent(table([[k, v] for k, v in _capability_rows(config.capabilities)]), 4))
+    memory = memory_report(store, str(model))
+    if memory is not None:
+        print()
+        print(
+            f"  Memory ({memory['width']}x{memory['height']}, estimated for {_DEVICE_NAMES[memory['device']]})"
+        )
+        print(_indent(_wrapped_table(_memory_rows(memory)), 4))
     print()
     print("  Components")
 
@@ -182,6 +191,30 @@ def _quantization_rows(record: QuantizationRecord | None) -> tuple[str, list[tup
     if record.rule:
         rows.append(("rule", record.rule))
     return record.type, rows
+
+
+_DEVICE_NAMES = {"cuda": "an NVIDIA GPU", "metal": "Apple silicon", "cpu": "the CPU"}
+_RESIDENCY_ROWS = {
+    "resident": "everything resident",
+    "encoders on demand": "text encoder on demand",
+    "one stage at a time": "one stage at a time",
+}
+
+
+def _memory_rows(memory: dict) -> list[tuple[str, str]]:
+    """The least memory the model needs per residency, then its plan within the user's budget."""
+    rows = [
+        (_RESIDENCY_ROWS.get(r, r), f"{human_bytes(need)} or more") for r, need in memory["needs"].items()
+    ]
+    if "plan" in memory:
+        plan = memory["plan"]
+        budget = human_bytes(plan["budget"]["bytes"])
+        rows.append(
+            (f"within {budget}", f"{'; '.join(plan['summary'])} (peak about {human_bytes(plan['peak'])})")
+        )
+    elif "error" in memory:
+        rows.append(("within the budget", memory["error"]))
+    return rows
 
 
 def _capability_rows(capabilities: Capabilities) -> list[tuple[str, str]]:

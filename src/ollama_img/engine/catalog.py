@@ -65,16 +65,37 @@ def tags() -> list[dict]:
 
 
 def show(name: str) -> dict:
-    """What /api/show answers: the model's details, its config, and its layers."""
-    manifest = _store().manifest(name)
+    """What /api/show answers: the model's details, its config, its memory needs, and its layers."""
+    store = _store()
+    manifest = store.manifest(name)
     return {
         "name": canonical(name),
         "digest": manifest.digest,
         "size": manifest.total_size,
         "details": _details(manifest.config),
         "model_info": manifest.config.to_json(),
+        "memory": memory_report(store, name),
         "layers": [layer.to_json() for layer in manifest.layers],
     }
+
+
+def memory_report(store, name: str) -> dict | None:
+    """The model's memory needs at its default size (`memory.plan.report`), on the back end installed
+    here, within OLLAMA_IMG_GPU_MEMORY when set; None for a model whose architecture this version lacks."""
+    from ollama_img.errors import UserError
+    from ollama_img.memory.budget import user_budget
+    from ollama_img.memory.device import installed_device_kind
+    from ollama_img.memory.plan import report
+    from ollama_img.models import architecture_for
+    from ollama_img.weights import StoreSource
+
+    source = StoreSource(store, name)
+    try:
+        architecture = architecture_for(source.read_json("model_index.json").get("_class_name"))
+        profile = architecture.memory_of(source)
+    except (UserError, KeyError, TypeError, ValueError):
+        return None
+    return report(profile, installed_device_kind(), user_budget())
 
 
 def _details(config: ModelConfig) -> dict:

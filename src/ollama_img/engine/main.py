@@ -70,8 +70,11 @@ def _server_class():
     return EngineServer
 
 
-def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = None):
-    """Serve until SIGINT/SIGTERM, or until idle for `idle_exit` seconds. UserError if it cannot start."""
+def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = None, gpu_memory=None):
+    """Serve until SIGINT/SIGTERM, or until idle for `idle_exit` seconds. UserError if it cannot start.
+
+    `gpu_memory` (a `memory.budget.Budget`) is the memory the engine plans within; None: the
+    OLLAMA_IMG_GPU_MEMORY variable, else what the device has free."""
     import uvicorn
 
     from ollama_img.backend import processor_name
@@ -79,8 +82,10 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
     from ollama_img.engine.scheduler import Scheduler
     from ollama_img.engine.server import create_app
     from ollama_img.keepalive import default_keepalive
+    from ollama_img.memory.budget import user_budget
 
     keepalive = default_keepalive()
+    gpu_memory = gpu_memory or user_budget()  # a malformed variable stops the start, in one line
     max_loaded = max_loaded_from_env()
     processor = processor_name()  # also fails early, and clearly, when MLX has no back end
     runtime.ensure_private_dir(runtime.socket_path().parent)
@@ -94,7 +99,7 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
         sockets = [unix.sock]
         if tcp is not None:
             sockets.append(bind_tcp(*tcp))
-        scheduler = Scheduler(default_keepalive=keepalive, max_loaded=max_loaded)
+        scheduler = Scheduler(default_keepalive=keepalive, max_loaded=max_loaded, gpu_memory=gpu_memory)
 
         def on_idle():  # called while serving, so `server` is set by then
             server.should_exit = True
@@ -104,13 +109,14 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
         server = _server_class()(config)
         where = [f"unix:{unix.path}"] + [url_of(s) for s in sockets[1:]]
         log.info(
-            "ollama-img %s engine (pid %d) listening on %s; %s; keep-alive %s s; idle exit %s",
+            "ollama-img %s engine (pid %d) listening on %s; %s; keep-alive %s s; idle exit %s; memory %s",
             __version__,
             os.getpid(),
             " and ".join(where),
             processor,
             keepalive,
             "off" if idle_exit is None else f"{idle_exit:g} s",
+            gpu_memory.describe() if gpu_memory else "what the device has free",
         )
         server.run(sockets=sockets)
     finally:

@@ -2,8 +2,9 @@
 
 All MLX work (loading, generating, freeing) runs in ONE worker thread: MLX calls block, and arrays are
 best created and used on the same thread. The event loop only keeps the books: the queue, which models
-are loaded and until when, and the events each job sends to its client. A finished job's PNGs are
-encoded on other threads while the next job already runs on the device.
+are loaded and until when, what they hold and under which memory plan (`engine.memory`), and the events
+each job sends to its client. A finished job's PNGs are encoded on other threads while the next job
+already runs on the device.
 """
 
 import asyncio
@@ -30,8 +31,11 @@ from ollama_img.engine.jobs import (
     Result,
     Timings,
 )
+from ollama_img.engine.memory import Ask, left_for, planner_for
 from ollama_img.engine.params import GenerateParams
 from ollama_img.errors import UserError
+from ollama_img.memory.budget import Budget
+from ollama_img.memory.plan import MemoryPlan, MemoryPlanError, Planner
 from ollama_img.models.interface import Capabilities, ImagePipeline
 from ollama_img.options import INPUTS, OPTIONS, api_name, check_sizes, check_supported, image_keywords
 from ollama_img.png_meta import Recipe, encode_png
@@ -47,7 +51,9 @@ class LoadedModel:
     name: str
     digest: str | None
     pipe: ImagePipeline | None  # None once unloaded
-    size: int
+    size: int  # bytes of weights it holds now
+    planner: Planner | None = None
+    plan: MemoryPlan | None = None  # the plan of its last load or request
     expires_at: float = math.inf  # time.monotonic() deadline; inf = forever
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
@@ -63,14 +69,19 @@ class LoadedModel:
         return self.expires_at - time.monotonic()
 
 
-def _release(model: LoadedModel):
-    """Drop the model's pipeline (its last reference) on the worker thread and give its memory back."""
+def _release(model: LoadedModel, last: bool = False):
+    """Drop the model's pipeline (its last reference) on the worker thread and give its memory back; the
+    `last` model gone, MLX's own limits come back too."""
     model.pipe = None
     gc.collect()
     try:
         import mlx.core as mx
 
         mx.clear_cache()
+        if last:
+            from ollama_img.memory.device import restore_limits
+
+            restore_limits()
     except ImportError:  # pragma: no cover - the engine cannot load a model without MLX anyway
         pass
 
@@ -78,9 +89,11 @@ def _release(model: LoadedModel):
 class Scheduler:
     """The queue, the loaded models, and the single device worker."""
 
-    def __init__(self, *, default_keepalive: float, max_loaded: int = 1):
+    def __init__(self, *, default_keepalive: float, max_loaded: int = 1, gpu_memory: Budget | None = None):
         self.default_keepalive = default_keepalive
         self.max_loaded = max_loaded
+        self.gpu_memory = gpu_memory  # the user's budget (`serve --gpu-memory`); None: the environment's
+        self._device = None  # memory.plan.DeviceKind, asked of MLX on the worker
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx-worker")
         self._queue: deque[Job] = deque()
         self._running: Job | None = None
@@ -215,9 +228,10 @@ class Scheduler:
             model.busy = True
             try:
                 job.check_cancelled()
+                budget, _ = await self._admit(job, model.name, model.planner, model)
                 started = time.monotonic()
                 images, resolved = (
-                    await self._in_worker(self._generate, job, model) if params.prompt else ([], {})
+                    await self._in_worker(self._generate, job, model, budget) if params.prompt else ([], {})
                 )
                 timings.generate = time.monotonic() - started
                 model.warm = model.warm or bool(images)
@@ -284,19 +298,72 @@ class Scheduler:
             await self._unload(current)
         while len(self._loaded) >= self.max_loaded:
             await self._unload(min(self._loaded.values(), key=lambda m: m.last_used))
+        if self._device is None:
+            from ollama_img.memory.device import device_kind
+
+            self._device = await self._in_worker(device_kind)
+        planner = await self._in_worker(planner_for, name, self._device)  # reads the store, as loading does
+        budget, plan = await self._admit(job, name, planner)  # never start a load that cannot fit
         job.emit(Event(LOADING))
         started = time.monotonic()
-        log.info("loading %s", name)
+        log.info("loading %s: %s", name, _described(plan))
         note = warmup.compile_note()
         if note:
             log.info(note)
-        pipe, size, phases = await self._in_worker(self._load_and_measure, name)
+        pipe, size, phases = await self._in_worker(self._load_and_measure, name, planner.within(budget), plan)
         timings.load = time.monotonic() - started
-        model = LoadedModel(name=name, digest=getattr(pipe, "digest", None), pipe=pipe, size=size)
+        model = LoadedModel(
+            name=name, digest=getattr(pipe, "digest", None), pipe=pipe, size=size, planner=planner, plan=plan
+        )
         model.keep_for(self.default_keepalive)
         self._loaded[name] = model
         log.info("loaded %s (%d bytes) in %.2fs (%s)", name, model.size, timings.load, phases)
         return model
+
+    def _ask(self, job: Job, model: LoadedModel | None) -> Ask:
+        """What the job asks that memory depends on; what it leaves out, the loaded model's defaults."""
+        params = job.params
+        pipe = model.pipe if model is not None else None
+        defaults = getattr(pipe, "defaults", None)
+        guidance = params.guidance if params.guidance is not None else getattr(defaults, "guidance", None)
+        guided = bool(guidance) and (pipe is None or pipe.capabilities.guidance)
+        return Ask(
+            width=params.width or getattr(defaults, "width", None),
+            height=params.height or getattr(defaults, "height", None),
+            count=params.n,
+            batch=2 if guided else 1,
+            prompts=(params.prompt, params.negative_prompt) if params.prompt else (),
+        )
+
+    async def _admit(
+        self, job: Job, name: str, planner: Planner | None, model: LoadedModel | None = None
+    ) -> tuple[Budget, MemoryPlan | None]:
+        """The budget `name` may plan this job with (the engine's, less what other models hold), and the
+        job's plan: unloads the least recently used idle models while the plan does not fit; a
+        MemoryPlanError when it cannot fit even alone. Sets MLX's memory limit to the engine's budget."""
+        from ollama_img.memory.device import apply_limits, engine_budget
+
+        if planner is None:  # a model loaded before planning existed for it
+            return Budget(0, "unplanned"), None
+        ask = self._ask(job, model)
+        while True:
+            total = await self._in_worker(engine_budget, self.gpu_memory)
+            others = [m for m in self._loaded.values() if m.name != name]
+            budget = left_for(total, sum(m.size for m in others))
+            try:
+                plan = ask.plan(planner, budget)
+            except MemoryPlanError:
+                idle = [m for m in others if not m.busy]
+                if not idle:
+                    raise
+                evicted = min(idle, key=lambda m: m.last_used)
+                log.info("unloading %s to make room for %s", evicted.name, name)
+                await self._unload(evicted)
+                continue
+            await self._in_worker(apply_limits, total)
+            if model is not None:
+                model.plan = plan
+            return budget, plan
 
     async def _warm_up(self, model: LoadedModel, keepalive: float):
         """Run the model's warm-up on the worker before the next job; a failure only costs the warm-up."""
@@ -313,7 +380,7 @@ class Scheduler:
     async def _unload(self, model: LoadedModel):
         if self._loaded.get(model.name) is model:
             del self._loaded[model.name]
-        await self._in_worker(_release, model)
+        await self._in_worker(_release, model, not self._loaded)
         model.unloaded.set()
         log.info("unloaded %s", model.name)
 
@@ -325,13 +392,13 @@ class Scheduler:
     # -- on the worker thread --------------------------------------------------------------------
 
     @staticmethod
-    def _load_and_measure(name: str):
+    def _load_and_measure(name: str, planner: Planner, plan: MemoryPlan):
         # MLX streams are per thread: everything that touches the model's arrays stays on the worker.
         from ollama_img import load_pipeline
         from ollama_img.phases import recording
 
         with recording() as timer:
-            pipe = load_pipeline(name)
+            pipe = load_pipeline(name, planner=planner, plan=plan)
         return pipe, int(pipe.resident_bytes), timer.summary()
 
     @staticmethod
@@ -379,11 +446,17 @@ class Scheduler:
         }
         return {**options, **image_keywords(pipe.capabilities, params.asked())}
 
-    def _generate(self, job: Job, model: LoadedModel):
+    def _generate(self, job: Job, model: LoadedModel, budget: Budget):
         from ollama_img.phases import recording
 
-        with recording() as timer:
-            images, resolved = self._generate_images(job, model)
+        if model.planner is not None and hasattr(model.pipe, "planner"):
+            model.pipe.planner = model.planner.within(budget)  # the pipeline plans each image with it
+        try:
+            with recording() as timer:
+                images, resolved = self._generate_images(job, model)
+        finally:
+            model.size = int(model.pipe.resident_bytes)
+            model.plan = getattr(model.pipe, "memory_plan", None) or model.plan
         resolved["phases"] = timer.summary()
         return images, resolved
 
@@ -452,6 +525,12 @@ class Scheduler:
             guidance=resolved.get("guidance"),
             timings=timings,
         )
+
+
+def _described(plan: MemoryPlan) -> str:
+    from ollama_img.formatting import human_bytes
+
+    return f"{'; '.join(plan.summary())}; peak about {human_bytes(plan.peak)} of {plan.budget.describe()}"
 
 
 def _random_seed() -> int:

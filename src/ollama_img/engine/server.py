@@ -164,6 +164,7 @@ async def api_ps(request: Request):
                 "processor": processor,
                 "expires_at": expires,
                 "expires_in": None if expires is None else max(0.0, left),
+                "memory": None if m.plan is None else m.plan.to_json(),
             }
         )
     return JSONResponse({"models": models})

@@ -5,15 +5,19 @@ The store, the CLI and the engine only consult this table and the interfaces bes
 `ImagePipeline` with its `Capabilities` (`models/interface.py`). Parts that families share are
 modules of this package: the Qwen3 text encoder (`qwen3`), the chat-template tokenizer
 (`chat_tokenizer`), the flow-matching schedule (`flow_match`), the AutoencoderKL blocks
-(`autoencoder_kl`), config reading (`configs`) and weight loading (`loading`).
+(`autoencoder_kl`), config reading (`configs`), weight loading (`loading`), memory estimates
+(`memory_estimates`), components loaded on demand (`residency`) and chunked evaluation (`evaluation`).
 
 A new family touches only:
   1. its own package, `models/<family>/`: `__init__.py` declaring `ARCHITECTURE` (plain Python, no MLX:
-     components, `capabilities(read_json)`, size unit, the `QuantRule` for `create --quantize`),
-     `config.py` (its config dataclasses), `loader.py` (`load(source, dtype=None)` -> its pipeline,
-     built with `loading.ComponentLoader`) and its model modules; the pipeline class satisfies
-     `ImagePipeline`. When the family takes LoRA adapters, the mapping from adapter keys (diffusers/PEFT,
-     kohya) to its module paths is its own too, beside its quantization rule;
+     components, `capabilities(read_json)`, size unit, the `QuantRule` for `create --quantize`, and
+     `memory`, its components' roles and working sets for the memory planner, in `memory.py` with the
+     shared estimates of `memory_estimates`), `config.py` (its config dataclasses), `loader.py`
+     (`load(source, dtype=None, *, plan=None, planner=None)` -> its pipeline, built with
+     `loading.ComponentLoader`, components loaded as the plan says: `residency.Parts`) and its model
+     modules; the pipeline class satisfies `ImagePipeline` (and follows its `memory_plan`). When the
+     family takes LoRA adapters, the mapping from adapter keys (diffusers/PEFT, kohya) to its module
+     paths is its own too, beside its quantization rule;
   2. one line of `FAMILIES` below;
   3. its tests (tiny folders in the release layout, parity with the diffusers pipeline).
 """

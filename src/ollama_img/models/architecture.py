@@ -2,8 +2,8 @@
 
 An `Architecture` says what a model folder of the family holds (its components, for `create`), how
 to read what the model can do from its config files (`capabilities`), which tensors `create
---quantize` quantizes (`quantization`), and where its loader is. Components several families share
-are declared here once.
+--quantize` quantizes (`quantization`), what its parts need in memory (`memory`), and where its
+loader is. Components several families share are declared here once.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ollama_img.models.interface import Capabilities
 from ollama_img.quantization import QuantRule
 
 if TYPE_CHECKING:
+    from ollama_img.memory.profile import MemoryProfile, Stored
     from ollama_img.weights import WeightSource
 
 ReadJson = Callable[[str], dict]  # a model file's JSON object by its path in the folder ("vae/config.json")
@@ -41,12 +42,24 @@ class Architecture:
     capabilities: Callable[[ReadJson], Capabilities]  # what a model can do, from its config files
     size_unit: int  # its released models' image sides are multiples of this (VAE scale x patch size)
     quantization: QuantRule | None = None  # what `create --quantize` quantizes; None: not supported
+    # Its memory profile from its config files and stored bytes (`memory.profile`); None: the planner
+    # knows only its weights.
+    memory: Callable[[ReadJson, dict[str, Stored]], MemoryProfile] | None = None
 
     def capabilities_of(self, source: WeightSource) -> Capabilities:
         """What a model loaded from `source` can do: what its config files say, narrowed to what the store
         recorded for it (a store model's record is what the engine checks requests against)."""
         found = self.capabilities(source.read_json)
         return found if source.capabilities is None else found.intersection(source.capabilities)
+
+    def memory_of(self, source: WeightSource) -> MemoryProfile:
+        """The memory profile of a model loaded from `source`, from its configs and stored bytes (no MLX)."""
+        from ollama_img.memory.profile import weights_only
+
+        stored = source.stored()
+        if self.memory is None:
+            return weights_only(self.family, stored, (1024, 1024))
+        return self.memory(source.read_json, stored)
 
     def quantization_rule(self) -> QuantRule:
         if self.quantization is None:

@@ -142,6 +142,9 @@ class ImagePipeline(Protocol):
     digest: str | None  # the manifest digest of a store model; None for a folder
     defaults: Defaults
     capabilities: Capabilities
+    # A pipeline that follows memory plans also has `memory_plan` (`ollama_img.memory.plan.MemoryPlan`)
+    # and `planner` (a `Planner` that plans each request; the engine sets its budget). They are not
+    # members here: a family without a memory profile has neither.
 
     @property
     def resident_bytes(self) -> int:

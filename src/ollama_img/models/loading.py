@@ -9,8 +9,8 @@ A family builds each module from its config and hands it, with its component's f
 - transposes PyTorch convolution kernels, (out, in, kh, kw), into MLX's (out, kh, kw, in);
 - loads strictly: every parameter gets a tensor of its shape and every tensor a parameter;
 - computes in one dtype (`compute_dtype`), casting all but Linear weights to it;
-- runs quantized Linear weights one of three ways, picked per back end and mode by
-  `ollama_img.quantization.loading_strategy`:
+- runs quantized Linear weights one of three ways, picked per component by the memory plan (from
+  `ollama_img.quantization.loading_strategy`: per back end, mode and the component's role), or forced:
   - `QUANTIZED_MATMUL`: `nn.QuantizedLinear`, MLX's quantized matmul on the packed weights;
   - `DEQUANTIZE_PER_CALL`: `DequantizingLinear`, packed weights dequantized in every call and multiplied
     with a plain matmul: the quantized model's memory at about a plain matmul's speed where MLX's
@@ -41,7 +41,6 @@ from ollama_img.phases import phase
 from ollama_img.quantization import (
     DEQUANTIZE_AT_LOAD,
     DEQUANTIZE_PER_CALL,
-    MODES,
     QUANTIZED_MATMUL,
     STRATEGIES,
     QuantParams,
@@ -88,20 +87,35 @@ class ComponentLoader:
     """Loads the components of one weight source into modules, in one compute dtype.
 
     `dtype` None takes `compute_dtype` of the first component loaded. `quantized` (one of `STRATEGIES`)
-    forces one way of running every quantized weight (benchmarks, tests); None picks per back end.
+    forces one way of running every quantized weight (benchmarks, tests); else `strategies` (component
+    -> strategy, the memory plan's) says, and for a component it does not name, the back end's choice.
     """
 
-    def __init__(self, source: WeightSource, *, dtype: mx.Dtype | None = None, quantized: str | None = None):
+    def __init__(
+        self,
+        source: WeightSource,
+        *,
+        dtype: mx.Dtype | None = None,
+        quantized: str | None = None,
+        strategies: dict[str, str] | None = None,
+    ):
         if quantized is not None and quantized not in STRATEGIES:
             raise ValueError(f"quantized must be one of {STRATEGIES}, got {quantized!r}")
         self.source = source
         self.dtype = dtype
         self._forced = quantized
+        self._strategies = {c: s for c, s in (strategies or {}).items() if s in STRATEGIES}
         self._backend = platform_backend()
 
-    def strategy(self, mode: str) -> str:
-        """How weights quantized in `mode` run here."""
-        return self._forced or loading_strategy(self._backend, mode)
+    def strategy(self, mode: str, component: str | None = None, params: QuantParams | None = None) -> str:
+        """How weights quantized in `mode` run here, in `component`. A quantized matmul the back end
+        cannot run for these parameters (`params`) falls back to dequantizing per call."""
+        if self._forced:
+            return self._forced
+        chosen = self._strategies.get(component) or loading_strategy(self._backend, mode)
+        if chosen == QUANTIZED_MATMUL and params is not None and not quantized_matmul_runs(params):
+            return DEQUANTIZE_PER_CALL
+        return chosen
 
     def config(self, build: Callable[[dict], object], relpath: str):
         """`build(config.json object)` for a component's config, or a UserError naming the model."""
@@ -119,7 +133,8 @@ class ComponentLoader:
             self.dtype = compute_dtype(stored_dtype)
         label = f"{self.source.label} {component}"
         convert = _Conversion(module, weights, self.dtype)
-        at_load = {b: p for b, p in convert.quantized.items() if self.strategy(p.mode) == DEQUANTIZE_AT_LOAD}
+        ways = {base: self.strategy(p.mode, component, p) for base, p in convert.quantized.items()}
+        at_load = {base: p for base, p in convert.quantized.items() if ways[base] == DEQUANTIZE_AT_LOAD}
         use_quantized_linears(module, {b: p for b, p in convert.quantized.items() if b not in at_load}, label)
         convert.settle(module, at_load)
         threads = load_threads(self._backend)
@@ -140,10 +155,42 @@ class ComponentLoader:
             with phase("eval"):  # what is not evaluated yet is read and moved to the device here
                 if fuse is not None:
                     fuse(module)
-                per_call = {mode for mode in MODES if self.strategy(mode) == DEQUANTIZE_PER_CALL}
+                per_call = {
+                    convert.quantized[b].mode for b, way in ways.items() if way == DEQUANTIZE_PER_CALL
+                }
                 use_dequantizing_linears(module, per_call, _linear_dtype(stored_dtype, self.dtype))
                 _evaluate_in_pieces(module)
         return module
+
+
+_QMM_RUNS: dict[tuple, bool] = {}
+
+
+def quantized_matmul_runs(params: QuantParams) -> bool:
+    """Whether MLX's quantized matmul runs for these parameters on the default device (asked once)."""
+    key = (str(mx.default_device()), params.mode, params.bits, params.group_size)
+    if key not in _QMM_RUNS:
+        try:
+            weight = mx.zeros((32, 4 * params.group_size), dtype=mx.bfloat16)
+            kwargs = {"group_size": params.group_size, "bits": params.bits, "mode": params.mode}
+            packed = mx.quantize(weight, **kwargs, stream=mx.cpu)  # some GPUs lack a mode's quantizer
+            mx.eval(packed)
+            biases = packed[2] if len(packed) > 2 else None
+            x = mx.zeros((16, weight.shape[1]), dtype=mx.bfloat16)
+            out = mx.quantized_matmul(
+                x,
+                packed[0],
+                packed[1],
+                biases,
+                group_size=params.group_size,
+                bits=params.bits,
+                mode=params.mode,
+            )
+            mx.eval(out)
+            _QMM_RUNS[key] = True
+        except (RuntimeError, ValueError):
+            _QMM_RUNS[key] = False
+    return _QMM_RUNS[key]
 
 
 class _Conversion:

@@ -18,7 +18,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ollama_img.memory.plan import Evaluation
 from ollama_img.models.configs import Qwen3Config
+from ollama_img.models.evaluation import Chunks
 
 __all__ = ["Qwen3Config", "Qwen3TextEncoder"]
 
@@ -97,11 +99,17 @@ class Qwen3TextEncoder(nn.Module):
         if deepest == cfg.num_hidden_layers:  # the output of the final norm is asked for
             self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def __call__(self, input_ids: mx.array, attention_mask: mx.array | None = None) -> mx.array:
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        evaluation: Evaluation | None = None,
+    ) -> mx.array:
         """`attention_mask` (B, L), 1 for real tokens and 0 for padding, as a tokenizer returns it.
 
         Keys past the last real token of every prompt are left out of attention altogether (no query
         attends to them): a prompt right-padded to 512 tokens costs attention over its real tokens only.
+        `evaluation` (a memory plan's) evaluates the layers a chunk at a time; None: as one graph.
         """
         mask: mx.array | str = "causal"
         keys = None
@@ -112,9 +120,11 @@ class Qwen3TextEncoder(nn.Module):
             mask = causal[None, None] & (attention_mask[:, None, None, :keys] != 0)
         x = self.embed_tokens(input_ids)
         states = {0: x}
+        chunks = Chunks(evaluation)
         for i, layer in enumerate(self.layers, 1):
             x = layer(x, mask, keys)
             states[i] = x
+            chunks.after(i - 1, x)
         if "norm" in self:
             states[self.config.num_hidden_layers] = self.norm(x)
         chosen = [states[k] for k in self.hidden_layers]

@@ -27,11 +27,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ollama_img.models.evaluation import SUBMIT_EVERY, SUBMIT_MIN_TOKENS
 from ollama_img.models.flux2.config import TIME_CHANNELS, Flux2Config
 from ollama_img.models.loading import fuse_linears
 from ollama_img.models.zimage.attention_prep import qk_norm_rope
 from ollama_img.models.zimage.fused_ops import swiglu
-from ollama_img.models.zimage.transformer import SUBMIT_EVERY, SUBMIT_MIN_TOKENS, TimestepEmbedder
+from ollama_img.models.zimage.transformer import TimestepEmbedder
 
 # ---------------------------------------------------------------------------------------------
 # Positions and rotary tables

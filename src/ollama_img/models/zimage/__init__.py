@@ -16,6 +16,7 @@ from ollama_img.models.architecture import (
 from ollama_img.models.configs import AutoencoderKLConfig
 from ollama_img.models.interface import Capabilities, SizeLimits
 from ollama_img.models.zimage.config import PATCH, ZImageConfig
+from ollama_img.models.zimage.memory import memory_profile
 from ollama_img.quantization import QuantRule
 
 
@@ -68,4 +69,5 @@ ARCHITECTURE = Architecture(
     capabilities=capabilities,
     size_unit=16,
     quantization=QUANTIZATION,
+    memory=memory_profile,
 )

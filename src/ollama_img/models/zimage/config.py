@@ -8,6 +8,8 @@ from ollama_img.models.configs import config_from_dict
 
 ADALN_DIM = 256  # width of the timestep embedding that drives adaLN
 PATCH = 2  # image latents are cut into PATCH x PATCH patches
+SEQ_MULTIPLE = 32  # the transformer pads image and caption tokens each to a multiple of this
+TEXT_LAYER = -2  # diffusers' ZImagePipeline embeds prompts with hidden_states[-2]
 
 
 @dataclass(frozen=True)

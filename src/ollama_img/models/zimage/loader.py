@@ -1,51 +1,62 @@
-"""Build the Z-Image pipeline from any weight source (a model folder or the store)."""
+"""Build the Z-Image pipeline from any weight source (a model folder or the store), as its memory plan says."""
 
 from __future__ import annotations
 
 import mlx.core as mx
 
+from ollama_img.memory.plan import MemoryPlan, Planner
 from ollama_img.models.autoencoder_kl import AutoencoderKL
 from ollama_img.models.chat_tokenizer import load_tokenizer
 from ollama_img.models.configs import AutoencoderKLConfig, Qwen3Config
 from ollama_img.models.loading import ComponentLoader
 from ollama_img.models.qwen3 import Qwen3TextEncoder
+from ollama_img.models.residency import Parts
 from ollama_img.models.zimage import ARCHITECTURE
-from ollama_img.models.zimage.config import ZImageConfig
+from ollama_img.models.zimage.config import TEXT_LAYER, ZImageConfig
 from ollama_img.models.zimage.pipeline import ZImagePipeline
 from ollama_img.models.zimage.transformer import ZImageTransformer
 from ollama_img.weights import WeightSource
 
-TEXT_LAYER = -2  # diffusers' ZImagePipeline embeds prompts with hidden_states[-2]
-
 
 def load(
-    source: WeightSource, dtype: mx.Dtype | None = None, *, quantized: str | None = None
+    source: WeightSource,
+    dtype: mx.Dtype | None = None,
+    *,
+    quantized: str | None = None,
+    plan: MemoryPlan | None = None,
+    planner: Planner | None = None,
 ) -> ZImagePipeline:
     """Read configs and weights from `source` and build the MLX pipeline (weights evaluated, ready to run).
 
-    `dtype` overrides the compute dtype; `quantized` forces one way of running quantized weights
-    (see `ComponentLoader`).
+    `dtype` overrides the compute dtype; `quantized` forces one way of running quantized weights (see
+    `ComponentLoader`). `plan` (`memory.plan`) says which components load now (the others load when a
+    phase needs them) and how quantized weights compute; None loads everything now. `planner`, when
+    given, plans each generation again for its size and prompt.
     """
     tokenizer = load_tokenizer(source, enable_thinking=True)
-    loader = ComponentLoader(source, dtype=dtype, quantized=quantized)
-    text_encoder = loader.load(
-        "text_encoder",
-        Qwen3TextEncoder(loader.config(Qwen3Config.from_dict, "text_encoder/config.json"), (TEXT_LAYER,)),
-    )
-    transformer = loader.load(
-        "transformer",
-        ZImageTransformer(loader.config(ZImageConfig.from_dict, "transformer/config.json")),
-        fuse=ZImageTransformer.fuse_projections,
-    )
-    vae = loader.load("vae", AutoencoderKL(loader.config(AutoencoderKLConfig.from_dict, "vae/config.json")))
+    strategies = {c.name: c.compute for c in plan.components} if plan else None
+    loader = ComponentLoader(source, dtype=dtype, quantized=quantized, strategies=strategies)
+    text_config = loader.config(Qwen3Config.from_dict, "text_encoder/config.json")
+    transformer_config = loader.config(ZImageConfig.from_dict, "transformer/config.json")
+    vae_config = loader.config(AutoencoderKLConfig.from_dict, "vae/config.json")
+    loaders = {
+        "text_encoder": lambda: loader.load("text_encoder", Qwen3TextEncoder(text_config, (TEXT_LAYER,))),
+        "transformer": lambda: loader.load(
+            "transformer", ZImageTransformer(transformer_config), fuse=ZImageTransformer.fuse_projections
+        ),
+        "vae": lambda: loader.load("vae", AutoencoderKL(vae_config)),
+    }
+    now = plan.holds["load"] if plan else tuple(loaders)
+    parts = Parts({name: load_now() for name, load_now in loaders.items() if name in now}, loaders)
     return ZImagePipeline(
         tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        transformer=transformer,
-        vae=vae,
+        parts=parts,
+        transformer_config=transformer_config,
         scheduler_config=source.read_json("scheduler/scheduler_config.json"),
         capabilities=ARCHITECTURE.capabilities_of(source),
         dtype=loader.dtype,
         name=source.label,
         digest=source.digest,
+        memory_plan=plan,
+        planner=planner,
     )

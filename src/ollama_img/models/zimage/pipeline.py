@@ -9,6 +9,7 @@ ZImageInpaintPipeline: the preparation is `edit.py`'s, the steps are the same lo
 from __future__ import annotations
 
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -17,13 +18,15 @@ from PIL import Image
 
 from ollama_img.backend import compile_steps
 from ollama_img.image_input import oriented_size
+from ollama_img.memory.plan import MemoryPlan, Planner
 from ollama_img.models import flow_match
 from ollama_img.models.autoencoder_kl import AutoencoderKL
 from ollama_img.models.chat_tokenizer import ChatTokenizer
 from ollama_img.models.interface import Capabilities, Defaults, StepCallback, validate_request
 from ollama_img.models.qwen3 import Qwen3TextEncoder
+from ollama_img.models.residency import Parts
 from ollama_img.models.zimage import edit
-from ollama_img.models.zimage.config import PATCH
+from ollama_img.models.zimage.config import PATCH, ZImageConfig
 from ollama_img.models.zimage.transformer import Caption, Modulation, ZImageTransformer
 from ollama_img.phases import phase
 from ollama_img.teacache import TeaCache
@@ -56,28 +59,37 @@ TURBO = Defaults(
     strength=edit.IMAGE_STRENGTH,
     mask_strength=edit.INPAINT_STRENGTH,
 )
+PROMPT_CACHE = 8  # prompt embeddings kept (a few MB each): a repeated prompt needs no text encoder
 
 
 class ZImagePipeline:
-    """Satisfies `ollama_img.models.interface.ImagePipeline`."""
+    """Satisfies `ollama_img.models.interface.ImagePipeline`.
+
+    Its components (`text_encoder`, `transformer`, `vae`) are `parts`, loaded when the memory plan
+    (`memory_plan`, made again for each request by `planner` when it has one) has them resident or a
+    phase needs them; each phase of a generation first releases what the plan does not hold in it.
+    """
 
     def __init__(
         self,
         *,
         tokenizer: ChatTokenizer,
-        text_encoder: Qwen3TextEncoder,
-        transformer: ZImageTransformer,
-        vae: AutoencoderKL,
+        parts: Parts,
+        transformer_config: ZImageConfig,
         scheduler_config: dict,
         capabilities: Capabilities,
         dtype: mx.Dtype,
         name: str,
         digest: str | None = None,
+        memory_plan: MemoryPlan | None = None,
+        planner: Planner | None = None,
     ):
         self.tokenizer = tokenizer
-        self.text_encoder = text_encoder
-        self.transformer = transformer
-        self.vae = vae
+        self.parts = parts
+        self.transformer_config = transformer_config  # known without loading the transformer
+        self.memory_plan = memory_plan
+        self.planner = planner
+        self._embeddings: OrderedDict[str, mx.array] = OrderedDict()
         self.scheduler_config = scheduler_config
         self.capabilities = capabilities
         self.defaults = TURBO
@@ -89,14 +101,35 @@ class ZImagePipeline:
     # -- facts for the engine ------------------------------------------------------------------
 
     @property
-    def resident_bytes(self) -> int:
-        """Bytes of weights this pipeline holds."""
-        from mlx.utils import tree_flatten
+    def text_encoder(self) -> Qwen3TextEncoder:
+        return self.parts.get("text_encoder")
 
-        total = 0
-        for module in (self.text_encoder, self.transformer, self.vae):
-            total += sum(v.nbytes for _, v in tree_flatten(module.parameters()))
-        return total
+    @property
+    def transformer(self) -> ZImageTransformer:
+        return self.parts.get("transformer")
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        return self.parts.get("vae")
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of weights this pipeline holds now (components released by the plan count nothing)."""
+        return self.parts.nbytes
+
+    def plan_memory(self, width: int, height: int, guidance: float, prompts: tuple[str | None, ...]) -> None:
+        """Re-plan for this request when the pipeline has a planner (a MemoryPlanError when nothing
+        fits), and keep MLX's buffer cache to the plan's working set."""
+        if self.planner is None:
+            return
+        batch = 2 if guidance > 0 else 1
+        self.memory_plan = self.planner.plan(width, height, batch=batch, prompts=prompts)
+        mx.set_cache_limit(self.memory_plan.cache_limit)
+
+    def _enter(self, phase: str) -> None:
+        """Release what the memory plan does not hold during `phase` (what it needs loads on first use)."""
+        if self.memory_plan is not None:
+            self.parts.keep_only(self.memory_plan.holds[phase])
 
     @property
     def latent_scale(self) -> int:
@@ -146,14 +179,25 @@ class ZImagePipeline:
     # -- the parts -----------------------------------------------------------------------------
 
     def encode_prompt(self, prompt: str) -> mx.array:
-        """(1, tokens, hidden) text embedding of the real (unpadded) tokens."""
+        """(1, tokens, hidden) text embedding of the real (unpadded) tokens; the last few are kept."""
+        cached = self._embeddings.get(prompt)
+        if cached is not None:
+            self._embeddings.move_to_end(prompt)
+            return cached
+        self._enter("encode")
         ids = mx.array([self.tokenizer.encode(prompt)])
-        return self.text_encoder(ids).astype(self.dtype)
+        plan = self.memory_plan
+        embedding = self.text_encoder(ids, evaluation=plan.encoder if plan else None).astype(self.dtype)
+        mx.eval(embedding)
+        self._embeddings[prompt] = embedding
+        if len(self._embeddings) > PROMPT_CACHE:
+            self._embeddings.popitem(last=False)
+        return embedding
 
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int, int]:
         return (
             1,
-            self.transformer.config.in_channels,
+            self.transformer_config.in_channels,
             height // self.latent_scale,
             width // self.latent_scale,
         )
@@ -173,7 +217,9 @@ class ZImagePipeline:
         return self.vae.encode(mx.array(pixels).astype(self.dtype))
 
     def decode(self, latents: mx.array) -> Image.Image:
-        image = self.vae.decode(latents.astype(self.dtype))[0]
+        self._enter("decode")
+        mode = self.memory_plan.decoder if self.memory_plan else "whole"
+        image = self.vae.decode(latents.astype(self.dtype), mode)[0]
         image = mx.clip(image.astype(mx.float32) / 2 + 0.5, 0.0, 1.0)
         pixels = np.array(mx.round(image * 255).astype(mx.uint8))
         return Image.fromarray(pixels, mode="RGB")
@@ -219,18 +265,19 @@ class ZImagePipeline:
         """
         width, height = self.size_for(width=width, height=height, image=image)
         self.validate(width=width, height=height, steps=steps)
+        self.plan_memory(width, height, guidance, (prompt, negative_prompt if guidance > 0 else None))
         start = self._start(width, height, steps, seed, latents, image, mask, strength, noise)
         x = start.latents
 
         use_cfg = guidance > 0
         with phase("text"):
-            positive = self._caption(self.encode_prompt(prompt))
+            embeddings = [self.encode_prompt(prompt)]
+            if use_cfg:
+                embeddings.append(self.encode_prompt(negative_prompt or ""))
+            self._enter("denoise")
+            positive, *negative = [self._caption(embedding) for embedding in embeddings]
             plain = [Branch("positive", positive, 1)]
-            guided = (
-                self._guided_branches(positive, self._caption(self.encode_prompt(negative_prompt or "")))
-                if use_cfg
-                else plain
-            )
+            guided = self._guided_branches(positive, negative[0]) if use_cfg else plain
 
         sig = start.sigmas
         times = flow_match.model_times(sig)
@@ -322,7 +369,10 @@ class ZImagePipeline:
         cache: TeaCache | None,
     ) -> mx.array:
         """The velocity, float32: guided (positive and negative outputs combined) when there are two."""
-        parts = self.transformer.compiled if self.compile else self.transformer
+        plan = self.memory_plan
+        evaluation = plan.denoiser if plan is not None and plan.denoiser.chunk else None
+        model = self.transformer
+        parts = model.compiled if self.compile else model
         latents = x.astype(self.dtype)
         outputs, compute = [], None
         for branch in branches:
@@ -330,13 +380,15 @@ class ZImagePipeline:
             h, cos, sin = parts.embed_image(lat, branch.caption, mod)
 
             def stack(h, cos=cos, sin=sin):
+                if evaluation is not None:  # evaluated in chunks: not inside a compiled function
+                    return model.main_stack(h, cos, sin, mod, evaluation)
                 return parts.main_stack(h, cos, sin, mod)
 
             if cache is None:
                 out = stack(h)
             else:
                 if compute is None:  # one decision per step, from the first branch's modulated input
-                    first = self.transformer.layers[0]
+                    first = model.layers[0]
                     compute = cache.decide(step, mx.fast.rms_norm(h, mod.layers[0][0], first.eps))
                 out = cache.run(branch.name, compute, h, stack)
             outputs.append(parts.unembed(out, lat.shape, mod).astype(mx.float32))

@@ -26,12 +26,13 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ollama_img.memory.plan import Evaluation
+from ollama_img.models.evaluation import Chunks
 from ollama_img.models.loading import fuse_linears
 from ollama_img.models.zimage.attention_prep import qk_norm_rope
-from ollama_img.models.zimage.config import PATCH, ZImageConfig
+from ollama_img.models.zimage.config import PATCH, SEQ_MULTIPLE, ZImageConfig
 from ollama_img.models.zimage.fused_ops import add_norm, swiglu
 
-SEQ_MULTIPLE = 32  # every token group is padded to a multiple of this
 QK_EPS = 1e-5
 
 
@@ -185,27 +186,19 @@ class TransformerBlock(nn.Module):
         return self.forward(x, mx.fast.rms_norm(x, weights[0], self.eps), cos, sin, weights, None)[0]
 
 
-# Blocks evaluated at a time on a GPU, for long sequences. A block's temporaries (about 0.5 GB at
-# 1024x1024) become reusable only once the device has finished the work that used them: one lazy graph
-# of all 30 blocks peaked at 15 GB above the weights on an H100 (an asynchronous hand-over did not
-# change that). Evaluating every 6 blocks brought a step's peak to 4.3 GB for about 2% of its time;
-# below 4096 tokens (512x512 and smaller) the temporaries are small and the pause is not worth it.
-SUBMIT_EVERY = 6
-SUBMIT_MIN_TOKENS = 4096
-
-
-def run_blocks(blocks: list[TransformerBlock], x, cos, sin, weights, submit: bool = False) -> mx.array:
+def run_blocks(blocks: list[TransformerBlock], x, cos, sin, weights, evaluation: Evaluation | None = None):
     """A chain of blocks, each block's last residual update fused with the next block's first norm.
 
-    With `submit` (not inside mx.compile), a GPU evaluates every SUBMIT_EVERY blocks.
+    `evaluation` (the memory plan's; not inside mx.compile) evaluates the chain a chunk of blocks at a
+    time, so that only a few blocks' temporaries are alive; None builds it as one graph.
     """
-    submit = submit and mx.default_device() == mx.gpu and x.shape[0] * x.shape[1] >= SUBMIT_MIN_TOKENS
+    chunks = Chunks(evaluation)
     h = mx.fast.rms_norm(x, weights[0][0], blocks[0].eps)
     for i, block in enumerate(blocks):
         next_weight = weights[i + 1][0] if i + 1 < len(blocks) else None
         x, h = block.forward(x, h, cos, sin, weights[i], next_weight)
-        if submit and h is not None and (i + 1) % SUBMIT_EVERY == 0:
-            mx.eval(x, h)
+        if i + 1 < len(blocks):
+            chunks.after(i, x, h)
     return x
 
 
@@ -288,9 +281,11 @@ class ZImageTransformer(nn.Module):
         self._compiled = None
 
     def fuse_projections(self):
-        """Merge q/k/v and the SwiGLU input projections into single matmuls (after loading weights)."""
+        """Merge q/k/v and the SwiGLU input projections into single matmuls (after loading weights), one
+        block at a time: only one block's weights are held twice while their fused copies are written."""
         for block in (*self.noise_refiner, *self.context_refiner, *self.layers):
             block.fuse()
+            mx.eval(block.parameters())
 
     # -- per generation ------------------------------------------------------------------------
 
@@ -341,8 +336,10 @@ class ZImageTransformer(nn.Module):
         x = mx.concatenate([x, tokens], axis=1)
         return x, mx.concatenate([cos, caption.cos]), mx.concatenate([sin, caption.sin])
 
-    def main_stack(self, x: mx.array, cos: mx.array, sin: mx.array, mod: Modulation, submit: bool = True):
-        return run_blocks(self.layers, x, cos, sin, mod.layers, submit)
+    def main_stack(
+        self, x: mx.array, cos: mx.array, sin: mx.array, mod: Modulation, evaluation: Evaluation | None = None
+    ):
+        return run_blocks(self.layers, x, cos, sin, mod.layers, evaluation)
 
     def unembed(self, x: mx.array, shape: tuple[int, ...], mod: Modulation) -> mx.array:
         """Final layer and unpatchify: tokens -> velocity (B, C, H, W)."""
@@ -378,7 +375,7 @@ class CompiledSteps:
             )
 
         def main(x, cos, sin, layers):
-            return model.main_stack(x, cos, sin, Modulation(None, layers, None), submit=False)
+            return model.main_stack(x, cos, sin, Modulation(None, layers, None))
 
         self._model = model
         self._embed, self._main = mx.compile(embed), mx.compile(main)
