@@ -54,8 +54,16 @@ def load_with(monkeypatch, threads: int, *args, **kwargs):
     return load_pipeline(*args, **kwargs)
 
 
+def fuse_lazily(transformer: ZImageTransformer):
+    """Z-Image's fusing without its evaluation block by block (as FLUX.2 fuses): the loader alone decides
+    when the fused layers are evaluated."""
+    for block in (*transformer.noise_refiner, *transformer.context_refiner, *transformer.layers):
+        block.fuse()
+
+
+@pytest.mark.parametrize("fuse", ["block by block", "lazily"])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_the_transformer_loads_as_if_evaluated_first_and_fused_after(monkeypatch, tiny_folder, threads):
+def test_the_transformer_loads_as_if_evaluated_first_and_fused_after(monkeypatch, tiny_folder, threads, fuse):
     """What the loader did before: evaluate every tensor, then concatenate q/k/v and w1/w3 (`fuse_projections`)."""
     monkeypatch.setenv(THREADS, "1")
     source = FolderSource(tiny_folder)
@@ -64,14 +72,16 @@ def test_the_transformer_loads_as_if_evaluated_first_and_fused_after(monkeypatch
     mx.eval(unfused.parameters())
     unfused.fuse_projections()
     monkeypatch.setenv(THREADS, str(threads))
-    fused = ComponentLoader(source).load(
-        "transformer", ZImageTransformer(config), fuse=ZImageTransformer.fuse_projections
-    )
+    hook = ZImageTransformer.fuse_projections if fuse == "block by block" else fuse_lazily
+    fused = ComponentLoader(source).load("transformer", ZImageTransformer(config), fuse=hook)
     want = dict(tree_flatten(unfused.parameters()))
     got = dict(tree_flatten(fused.parameters()))
     assert want.keys() == got.keys() and any(".to_qkv." in k for k in got)
     for name, value in want.items():
-        assert got[name].dtype == value.dtype and mx.array_equal(got[name], value).item(), name
+        assert got[name].dtype == value.dtype, name
+        np.testing.assert_array_equal(
+            np.array(got[name].view(mx.uint8)), np.array(value.view(mx.uint8)), name
+        )
 
 
 @pytest.mark.parametrize("threads", [2, 5])
@@ -171,8 +181,8 @@ def test_groups_keep_the_order_and_what_is_read_together():
 
 
 def test_a_component_is_evaluated_in_pieces_holding_little_twice(monkeypatch, tiny_folder):
-    """With one graph for the whole transformer, MLX would allocate its reads before the fused copies free
-    them; in pieces only about a piece is ever held twice."""
+    """One graph for the whole transformer would read every q/k/v and w1/w3 before their fused copies
+    free them; in pieces only about a piece is ever held twice."""
     monkeypatch.setenv(THREADS, "1")
     source = FolderSource(tiny_folder)
     config = ComponentLoader(source).config(ZImageConfig.from_dict, "transformer/config.json")
@@ -182,12 +192,10 @@ def test_a_component_is_evaluated_in_pieces_holding_little_twice(monkeypatch, ti
         mx.clear_cache()
         base = mx.get_active_memory()
         mx.reset_peak_memory()
-        model = ComponentLoader(source).load(
-            "transformer", ZImageTransformer(config), fuse=ZImageTransformer.fuse_projections
-        )
+        model = ComponentLoader(source).load("transformer", ZImageTransformer(config), fuse=fuse_lazily)
         resident = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
         return mx.get_peak_memory() - base - resident
 
     whole = peak_above_resident(1 << 40)
     pieces = peak_above_resident(32 << 10)
-    assert pieces < whole / 2
+    assert pieces < whole / 4
