@@ -22,7 +22,8 @@ import pytest
 from PIL import Image
 
 from ollama_img.png_meta import read_png_text
-from tests.fixtures.engine_env import EngineEnv, _alive
+from tests.fixtures.engine_env import EngineEnv, _alive, world_with_model
+from tests.fixtures.engine_env import side_world as side_of
 
 MODEL = "z-image:latest"
 SAVED = re.compile(r"^Image saved to: (.+)$", re.M)
@@ -30,21 +31,13 @@ SAVED = re.compile(r"^Image saved to: (.+)$", re.M)
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_folder):
-    env = EngineEnv(tmp_path_factory.mktemp("e2e"))
-    try:
-        created = env.cli("create", "z-image", "-f", str(tiny_folder))
-        assert created.returncode == 0, created.stderr
-        yield env
-    finally:
-        env.close()
+    yield from world_with_model(tmp_path_factory.mktemp("e2e"), tiny_folder)
 
 
 @pytest.fixture
 def side_world(tmp_path, world):
     """Another user's world (own runtime dir, so its own engine) sharing the module's store."""
-    env = EngineEnv(tmp_path, OLLAMA_IMG_MODELS=world.env["OLLAMA_IMG_MODELS"])
-    yield env
-    env.close()
+    yield from side_of(tmp_path, world)
 
 
 def manifest_digest(world) -> str:

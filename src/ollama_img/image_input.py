@@ -25,12 +25,11 @@ from ollama_img.errors import UserError
 if TYPE_CHECKING:
     from PIL import Image
 
-# The bounds on images in one request, in one place (the engine's limits module, once it exists, is
-# where they belong). A model takes at most what its capabilities say; these hold whatever the model.
+# The bounds on images in one request (the body holding them is bounded by the engine: its
+# limits.MAX_BODY_BYTES). A model takes at most what its capabilities say; these hold whatever the model.
 MAX_INPUT_IMAGES = 16  # images in one request (OpenAI's edits API takes up to 16)
 MAX_IMAGE_BYTES = 32 * 2**20  # one image file as sent
 MAX_INPUT_PIXELS = 4096 * 4096  # one image, decoded: a 12-megapixel photo fits, a decompression bomb not
-MAX_FORM_BYTES = 64 * 2**20  # a whole multipart upload (`/v1/images/edits`)
 MAX_FORM_FIELDS = 64  # non-file fields of a multipart upload
 MAX_FORM_FIELD_BYTES = 2**20  # one non-file field (a prompt)
 

@@ -26,10 +26,27 @@ def load_pipeline(
     """
     with phase("resolve"):
         require_mlx()
+        source = open_source(name_or_folder, store)
+    return _load(source, dtype, budget, planner, plan)
+
+
+def load_stored(name: str, *, store=None, dtype=None, budget=None, planner=None, plan=None):
+    """Load a model from the store by name only, never from a folder: what the engine does, since a
+    name from a client must not reach a path on the engine's disk (`tmp/x/y` is not /tmp/x/y:latest)."""
+    from ollama_img.store import Store
+    from ollama_img.weights import StoreSource
+
+    with phase("resolve"):
+        require_mlx()
+        source = StoreSource(store or Store(), name)
+    return _load(source, dtype, budget, planner, plan)
+
+
+def _load(source, dtype, budget, planner, plan):
+    with phase("resolve"):
         from ollama_img.memory.device import apply_limits, device_kind, engine_budget
         from ollama_img.memory.plan import Planner
 
-        source = open_source(name_or_folder, store)
         arch = architecture_for(source.read_json("model_index.json").get("_class_name"))
         module = importlib.import_module(arch.loader)
         if planner is None:

@@ -135,8 +135,11 @@ class StoreSource:
     """A model in the store: each tensor layer is a blob that `mx.load` maps directly."""
 
     def __init__(self, store: Store, name: str):
+        from ollama_img.store.verify import check_before_loading
+
         self.store = store
         self.manifest: Manifest = store.manifest(name)
+        check_before_loading(store, self.manifest)  # a damaged blob must never make an image
         self.label = str(self.manifest.name)
         self.digest = self.manifest.digest
         self.capabilities = self.manifest.config.capabilities

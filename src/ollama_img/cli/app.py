@@ -21,7 +21,7 @@ _USAGE_ERRORS = (_ClickException,)
 
 app = typer.Typer(
     name="ollama-img",
-    help="Run local text-to-image models: pull, create, run, list, show, ps, stop, rm, cp, push, serve.",
+    help="Run local text-to-image models: pull, create, run, list, show, ps, stop, rm, cp, push, verify, serve.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -41,7 +41,7 @@ def _root(
         False, "--version", "-v", help="Show the version and exit.", callback=_version_callback, is_eager=True
     ),
 ):
-    """Run local text-to-image models: pull, create, run, list, show, ps, stop, rm, cp, push, serve."""
+    """Run local text-to-image models: pull, create, run, list, show, ps, stop, rm, cp, push, verify, serve."""
 
 
 def fail(message: str):
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None):
     args = fill_optional_values(sys.argv[1:] if argv is None else list(argv))
     try:
         code = app(args=args, prog_name="ollama-img", standalone_mode=False)
+        sys.stdout.flush()  # here, where a closed pipe can still be told apart from a failure
     except UserError as exc:
         fail(str(exc))
     except _ABORTS:
@@ -88,10 +89,36 @@ def main(argv: list[str] | None = None):
         exc.show()
         raise SystemExit(exc.exit_code) from None
     except BrokenPipeError:
-        raise SystemExit(141) from None
+        _end_quietly()
+    except SystemExit:
+        if _click_saw_broken_pipe():
+            _end_quietly()
+        raise
     raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _click_saw_broken_pipe() -> bool:
+    """Click answers a write to a closed stdout by wrapping stdout in its PacifyFlushWrapper and exiting 1."""
+    return type(sys.stdout).__name__ == "PacifyFlushWrapper"
+
+
+def _end_quietly():
+    """The reader of stdout went away (`ollama-img list | head -1`): stop, quietly and successfully, as
+    Unix tools do; what is still buffered goes nowhere instead of raising again at exit."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    raise SystemExit(0)
 
 
 def _register_commands():
     """Import the command modules; each adds its commands to `app` (imported here to keep start-up lean)."""
-    from ollama_img.cli import engine_commands, run_command, store_commands, transfer_commands  # noqa: F401
+    from ollama_img.cli import (  # noqa: F401
+        engine_commands,
+        run_command,
+        store_commands,
+        transfer_commands,
+        verify_command,
+    )

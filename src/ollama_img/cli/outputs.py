@@ -8,6 +8,7 @@ device) is opened and written, never replaced.
 
 import contextlib
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -47,20 +48,32 @@ def check_output(output: str | None, count: int):
         _check_writable_folder(output, named.parent)
         return
     target = Path(os.path.realpath(named))
-    if target.exists() and not target.is_file():  # a FIFO or a device: written in place
-        if not os.access(target, os.W_OK):
+    if target.exists() and not target.is_file():
+        mode = target.stat().st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):  # a socket cannot be opened, a disk must not be
+            raise UserError(f"cannot save to {output}: it is not a file, a pipe or a character device")
+        if not os.access(target, os.W_OK):  # a FIFO or a device (/dev/stdout): written in place
             raise UserError(f"cannot save to {output}: permission denied")
         return
     _check_writable_folder(output, target.parent)
 
 
 def _check_writable_folder(output: str, folder: Path):
+    """The folder exists and a file can really be created in it: permissions alone do not tell (root
+    may write anywhere but in /proc, a read-only mount refuses everyone)."""
     if not folder.exists():
         raise UserError(f"cannot save to {output}: folder {folder} does not exist")
     if not folder.is_dir():
         raise UserError(f"cannot save to {output}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"cannot save to {output}: folder {folder} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".ollama-img-", suffix=".probe")
+    except OSError as exc:
+        raise UserError(f"cannot save to {output}: {exc.strerror or exc}") from None
+    os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(probe)
 
 
 def save(pngs: list[bytes], seeds: list[int], model: str, output: str | None) -> list[Path]:

@@ -97,10 +97,12 @@ def engine_events(body: dict) -> Iterator[dict]:
     An engine that exits (idle) just as we connect is started again, once.
     """
     from ollama_img.engine.client import EngineUnavailable, connect
+    from ollama_img.paths import models_dir
 
     for attempt in range(2):
         with connect(start=True) as client:
             try:
+                client.check_store(models_dir())
                 with contextlib.closing(client.generate(body)) as events:
                     yield from events
                 return

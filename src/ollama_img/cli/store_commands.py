@@ -86,22 +86,29 @@ def create(
 def list_models():
     """List the models in the store."""
     from ollama_img.store import Store
+    from ollama_img.store.verify import missing_blobs
 
     rows = [["NAME", "ID", "FAMILY", "SIZE", "MODIFIED"]]
-    for entry in Store().list():
+    store = Store()
+    for entry in store.list():
         if entry.manifest is None:
             rows.append([str(entry.name), "?", "?", "?", f"damaged: {entry.problem}"])
             continue
+        missing = missing_blobs(store, entry.manifest)
         rows.append(
             [
                 str(entry.name),
                 entry.manifest.id,
                 entry.manifest.config.family or "?",
                 human_bytes(entry.manifest.total_size),
-                human_age(entry.modified),
+                f"damaged: {_missing_summary(missing)}" if missing else human_age(entry.modified),
             ]
         )
     print(table(rows))
+
+
+def _missing_summary(missing) -> str:
+    return f"{len(missing)} blob(s) missing or truncated; re-create it or pull it again"
 
 
 @app.command()
@@ -112,12 +119,14 @@ def show(
     """Show a model's architecture, parameters, quantization, capabilities, memory and components."""
     from ollama_img.engine.catalog import memory_report
     from ollama_img.store import Store
+    from ollama_img.store.verify import missing_blobs
 
     model = ModelName.parse(name)
     store = Store()
     manifest = store.manifest(model)
     modified = store.modified(model)
     config = manifest.config
+    missing = missing_blobs(store, manifest)
     if as_json:
         doc = {
             "name": str(model),
@@ -128,9 +137,14 @@ def show(
             "layers": len(manifest.layers),
             "config": config.to_json(),
             "memory": memory_report(store, str(model)),
+            "damaged_layers": [{"name": p.layer, "digest": p.digest, "problem": p.problem} for p in missing],
         }
         print(json.dumps(doc, indent=2))
         return
+    if missing:
+        more = ", ..." if len(missing) > 3 else ""
+        print(f"  Damaged: {_missing_summary(missing)} ({', '.join(p.layer for p in missing[:3])}{more})")
+        print()
     print("  Model")
     record = config.quantization
     quantization, quantization_details = _quantization_rows(record)

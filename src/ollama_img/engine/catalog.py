@@ -22,6 +22,11 @@ def _store():
     return Store()
 
 
+def store_root():
+    """The folder of the store this engine serves (absolute)."""
+    return _store().root.absolute()
+
+
 def resolve(name: str) -> str | None:
     """The manifest digest of a model, or NotFound (404) with the store's hint."""
     return _store().manifest(name).digest

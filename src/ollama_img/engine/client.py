@@ -6,6 +6,7 @@ standard library's (`unix_http`): `ps` and `stop` must start fast.
 """
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,18 @@ class EngineClient:
 
     def version(self) -> str:
         return self._json("GET", "/api/version")["version"]
+
+    def check_store(self, root: Path):
+        """Refuse to go on when the engine serves another model store than `root` (this process's
+        OLLAMA_IMG_MODELS): it would silently use that store's models."""
+        served = self._json("GET", "/api/version").get("models")
+        if served is None or os.path.realpath(served) == os.path.realpath(root):
+            return
+        pid = runtime.running_engine_pid()
+        raise UserError(
+            f"the running engine{f' (pid {pid})' if pid else ''} uses the model store {served}, not {root}; "
+            "end it first (it exits by itself after 5 idle minutes with nothing loaded) or use its store"
+        )
 
     def ps(self) -> list[dict]:
         return self._json("GET", "/api/ps")["models"]

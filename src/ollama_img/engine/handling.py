@@ -12,10 +12,13 @@ from starlette.requests import Request
 
 from ollama_img.engine import catalog
 from ollama_img.engine.jobs import Event, Job
-from ollama_img.engine.params import GenerateParams
+from ollama_img.engine.params import GenerateParams, parse_json_object
 from ollama_img.engine.scheduler import Scheduler
 from ollama_img.errors import UserError
 from ollama_img.options import Option, api_name
+
+# What a client still connected hears when its job is cancelled: only a shutdown cancels a live client's job.
+SHUTTING_DOWN = "the job was cancelled: the engine is shutting down"
 
 
 def error_status(exc: Exception) -> int:
@@ -26,6 +29,22 @@ def error_message(exc: Exception) -> str:
     if isinstance(exc, UserError):
         return str(exc)
     return f"internal error in the engine: {type(exc).__name__}: {exc} (see the engine log)"
+
+
+INLINE_JSON_BYTES = 2**20  # bodies larger than this are parsed on a thread, not on the event loop
+
+
+async def json_body(request: Request) -> dict:
+    """The request's JSON object (the body is already in memory: `guard.BodyLimit` read it, bounded)."""
+    return await parse_off_the_loop(await request.body())
+
+
+async def parse_off_the_loop(raw: bytes) -> dict:
+    """A body's JSON object; a large one (base64 images) is parsed on a thread, so other requests (even
+    `ps`) are not held up meanwhile."""
+    if len(raw) > INLINE_JSON_BYTES:
+        return await run_in_threadpool(parse_json_object, raw)
+    return parse_json_object(raw)
 
 
 async def wait_for_disconnect(request: Request):

@@ -5,10 +5,8 @@
 nothing loaded).
 """
 
-import contextlib
 import logging
 import os
-import signal
 import sys
 
 from ollama_img import __version__
@@ -43,31 +41,16 @@ def max_loaded_from_env() -> int:
 
 
 def configure_logging():
+    from ollama_img.engine.log_limit import RepeatLimit
+
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )
-
-
-def _server_class():
-    import uvicorn
-
-    class EngineServer(uvicorn.Server):
-        """uvicorn's server, minus re-raising SIGINT/SIGTERM after shutdown (uvicorn does that so the
-        default handler kills the process), which would skip removing our socket file."""
-
-        @contextlib.contextmanager
-        def capture_signals(self):
-            originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in originals.items():
-                    signal.signal(sig, handler)
-
-    return EngineServer
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RepeatLimit())  # floods (refused connections, accept errors) cannot fill the log
 
 
 def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = None, gpu_memory=None):
@@ -75,12 +58,16 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
 
     `gpu_memory` (a `memory.budget.Budget`) is the memory the engine plans within; None: the
     OLLAMA_IMG_GPU_MEMORY variable, else what the device has free."""
-    import uvicorn
+    import asyncio
 
     from ollama_img.backend import processor_name
+    from ollama_img.engine import guard
+    from ollama_img.engine.connections import connection_caps, raise_open_files_limit
+    from ollama_img.engine.limits import MAX_SOCKET_CONNECTIONS, MAX_TCP_CONNECTIONS
     from ollama_img.engine.listen import bind_tcp, url_of
     from ollama_img.engine.scheduler import Scheduler
     from ollama_img.engine.server import create_app
+    from ollama_img.engine.serving import Listener, serve_all
     from ollama_img.keepalive import default_keepalive
     from ollama_img.memory.budget import user_budget
 
@@ -92,22 +79,21 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
     lock = runtime.PidLock(runtime.pid_path())
     lock.acquire()
     _log_compile_caches()
-    listeners = []
+    unix = None
     try:
-        unix = runtime.UnixListener(runtime.socket_path())
-        listeners.append(unix)  # removed on the way out, even when TCP cannot be bound
-        sockets = [unix.sock]
-        if tcp is not None:
-            sockets.append(bind_tcp(*tcp))
+        unix = runtime.UnixListener(runtime.socket_path())  # removed on the way out, even when TCP fails
+        tcp_sock = bind_tcp(*tcp) if tcp is not None else None
+        open_files = raise_open_files_limit()
+        tcp_cap, socket_cap = connection_caps(open_files, MAX_TCP_CONNECTIONS, MAX_SOCKET_CONNECTIONS)
         scheduler = Scheduler(default_keepalive=keepalive, max_loaded=max_loaded, gpu_memory=gpu_memory)
-
-        def on_idle():  # called while serving, so `server` is set by then
-            server.should_exit = True
-
-        app = create_app(scheduler, processor=processor, idle_exit=idle_exit, on_idle=on_idle)
-        config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=3)
-        server = _server_class()(config)
-        where = [f"unix:{unix.path}"] + [url_of(s) for s in sockets[1:]]
+        app = create_app(scheduler, processor=processor)
+        bodies = guard.BodyLimit(app)
+        listeners = [Listener("unix", unix.sock, guard.SocketMark(bodies), socket_cap)]
+        where = [f"unix:{unix.path}"]
+        if tcp_sock is not None:
+            bound = tcp_sock.getsockname()[0]
+            listeners.append(Listener("tcp", tcp_sock, guard.TcpGuard(bodies, bound=bound), tcp_cap))
+            where.append(url_of(tcp_sock))
         log.info(
             "ollama-img %s engine (pid %d) listening on %s; %s; keep-alive %s s; idle exit %s; memory %s",
             __version__,
@@ -118,10 +104,16 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
             "off" if idle_exit is None else f"{idle_exit:g} s",
             gpu_memory.describe() if gpu_memory else "what the device has free",
         )
-        server.run(sockets=sockets)
+        log.info(
+            "limits: %d socket and %d TCP connections, %d open files",
+            socket_cap,
+            tcp_cap if tcp else 0,
+            open_files,
+        )
+        asyncio.run(serve_all(listeners, scheduler, idle_exit=idle_exit, activity=app.state.activity))
     finally:
-        for listener in listeners:
-            listener.remove()
+        if unix is not None:
+            unix.remove()
         lock.release()
 
 

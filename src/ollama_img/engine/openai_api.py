@@ -19,9 +19,11 @@ from starlette.routing import Route
 
 from ollama_img.engine import catalog
 from ollama_img.engine.handling import (
+    SHUTTING_DOWN,
     error_message,
     error_status,
     events_until_disconnect,
+    json_body,
     outcome_unless_disconnected,
     submit,
 )
@@ -31,7 +33,6 @@ from ollama_img.engine.params import (
     generate_params,
     model_name,
     optional_bool,
-    parse_json_object,
     parse_size,
 )
 from ollama_img.errors import UserError
@@ -97,7 +98,7 @@ def _sse(event: str, data: dict) -> str:
 
 
 async def images_generations(request: Request):
-    params, response_format, stream = checked(parse_json_object(await request.body()))
+    params, response_format, stream = checked(await json_body(request))
     return await answer(request, params, response_format, stream)
 
 
@@ -118,7 +119,7 @@ async def answer(
         if event.kind == FAILED:
             status = error_status(event.error)
             return "error", error_body(error_message(event.error), status), status
-        return "error", error_body("the job was cancelled", 503), 503
+        return "error", error_body(SHUTTING_DOWN, 503), 503
 
     if stream:
 

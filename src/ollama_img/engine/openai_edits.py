@@ -18,11 +18,11 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from ollama_img.engine.handling import parse_off_the_loop
+from ollama_img.engine.limits import MAX_BODY_BYTES
 from ollama_img.engine.openai_api import answer, checked
-from ollama_img.engine.params import parse_json_object
 from ollama_img.errors import UserError
 from ollama_img.image_input import (
-    MAX_FORM_BYTES,
     MAX_FORM_FIELD_BYTES,
     MAX_FORM_FIELDS,
     MAX_INPUT_IMAGES,
@@ -44,11 +44,11 @@ def edit_name(option: Option) -> str:
 
 async def images_edits(request: Request):
     content_type = request.headers.get("content-type", "")
-    raw = await bounded_body(request, MAX_FORM_BYTES)
+    raw = await bounded_body(request, MAX_BODY_BYTES)
     if content_type.lower().startswith("multipart/form-data"):
         body = await form_body(request, raw)
     else:
-        body = json_body(parse_json_object(raw))
+        body = json_body(await parse_off_the_loop(raw))
     if not body.get("images"):
         raise UserError("missing 'image': send the image to edit (a file upload, base64 or a data: URL)")
     params, response_format, stream = checked(body, edit_name)

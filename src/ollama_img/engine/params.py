@@ -6,11 +6,11 @@ can act on; what a model supports (its capabilities, its sizes) is checked again
 """
 
 import dataclasses
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ollama_img.engine.limits import bounded_text, check_pixels, parse_json_body
 from ollama_img.errors import UserError
 from ollama_img.image_input import InputImage
 from ollama_img.names import ModelName
@@ -18,6 +18,7 @@ from ollama_img.options import (
     HEIGHT,
     KEEP_ALIVE,
     MAX_SEED,
+    NEGATIVE_PROMPT,
     OPTIONS,
     SEED,
     WIDTH,
@@ -64,7 +65,7 @@ def parse_json_object(raw: bytes) -> dict:
     if not raw.strip():
         raise UserError("empty request body: send a JSON object")
     try:
-        body = json.loads(raw)
+        body = parse_json_body(raw)
     except ValueError as exc:  # not UTF-8, not JSON, or an integer too long to convert
         raise UserError(f"invalid JSON in request body: {exc}") from None
     if not isinstance(body, dict):
@@ -125,13 +126,15 @@ def generate_params(
     """The shared part of both APIs: every option of the table, checked (bad values named by `name`)."""
     if not prompt.strip():
         raise UserError("empty prompt: say what the image should show")
+    bounded_text(prompt, "'prompt'")
     values = {option.field: read_option(body, option, name) for option in OPTIONS}
+    check_pixels(values["width"], values["height"])
     n = values["n"] = values["n"] or 1
     seed = values["seed"]
     if seed is not None and seed > MAX_SEED - (n - 1):  # seeds seed .. seed + n - 1 must all be seeds
         raise UserError(
             f"{name(SEED)} must be at most {MAX_SEED - (n - 1)} for {n} images, got {shown(seed)}"
         )
-    values["negative_prompt"] = values["negative_prompt"] or None
+    values["negative_prompt"] = bounded_text(values["negative_prompt"], name(NEGATIVE_PROMPT)) or None
     check_inputs(values, name)
     return GenerateParams(model=model, prompt=prompt, **values)

@@ -31,6 +31,7 @@ from ollama_img.engine.jobs import (
     Result,
     Timings,
 )
+from ollama_img.engine.limits import check_pixels
 from ollama_img.engine.memory import Ask, left_for, planner_for
 from ollama_img.engine.params import GenerateParams
 from ollama_img.errors import UserError
@@ -86,6 +87,20 @@ def _release(model: LoadedModel, last: bool = False):
         pass
 
 
+def _retire_worker_thread():
+    """The worker's last call: drop what MLX keeps per thread (its streams, and compiled graphs that hold
+    Python functions: mlx.nn's activations are compiled). Left to the thread's exit, they are destroyed
+    after Python has already let go of the thread; if the interpreter is finalizing by then, destroying
+    them needs the GIL it can no longer give, and the process aborts ("terminate called without an active
+    exception", exit 134 after SIGTERM during a job)."""
+    try:
+        import mlx.core as mx
+    except ImportError:  # pragma: no cover - no model was ever loaded without MLX
+        return
+    mx.synchronize()
+    mx.clear_streams()
+
+
 class Scheduler:
     """The queue, the loaded models, and the single device worker."""
 
@@ -102,6 +117,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
         self.warm_up = warmup.WarmUpPolicy.from_env()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -110,8 +126,23 @@ class Scheduler:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run_forever(), name="scheduler")
 
+    async def drain(self, timeout: float) -> bool:
+        """Take no more jobs, cancel the queued ones and the running one (at its next step), and wait up
+        to `timeout` seconds for the device worker to be free (and finished jobs to be answered). False if
+        the worker is still busy."""
+        self._closing = True
+        for job in list(self._queue):
+            self.cancel(job)
+        if self._running is not None:
+            self._running.cancel()
+        deadline = time.monotonic() + timeout
+        while (self._running is not None or self._finishing) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # a job already off the device still gets its PNGs encoded
+        return self._running is None
+
     async def close(self):
         """Cancel everything queued or running and free the models (at the next step boundary)."""
+        self._closing = True
         for job in list(self._queue):
             self.cancel(job)
         if self._running is not None:
@@ -128,7 +159,9 @@ class Scheduler:
         self._loaded.clear()
         for model in models:
             self._worker.submit(_release, model)
-        self._worker.shutdown(wait=False, cancel_futures=False)
+        self._worker.submit(_retire_worker_thread)
+        # Wait for the worker: a thread still inside MLX when the interpreter exits aborts the process.
+        await asyncio.get_running_loop().run_in_executor(None, self._worker.shutdown)
 
     # -- what the HTTP side asks -----------------------------------------------------------------
 
@@ -154,6 +187,10 @@ class Scheduler:
     def submit(self, params: GenerateParams, digest: str | None) -> Job:
         """Queue a job; its events say where it stands. An empty prompt only loads the model."""
         job = Job(params=params, digest=digest, loop=asyncio.get_running_loop())
+        if self._closing:  # shutting down: the job ends at once, cancelled
+            job.cancel()
+            job.emit(Event(CANCELLED))
+            return job
         busy = self._running is not None or bool(self._queue)
         self._queue.append(job)
         if busy:
@@ -394,11 +431,12 @@ class Scheduler:
     @staticmethod
     def _load_and_measure(name: str, planner: Planner, plan: MemoryPlan):
         # MLX streams are per thread: everything that touches the model's arrays stays on the worker.
-        from ollama_img import load_pipeline
+        from ollama_img.loader import load_stored
         from ollama_img.phases import recording
 
         with recording() as timer:
-            pipe = load_pipeline(name, planner=planner, plan=plan)
+            # A store name only: never a folder on the engine's disk.
+            pipe = load_stored(name, planner=planner, plan=plan)
         return pipe, int(pipe.resident_bytes), timer.summary()
 
     @staticmethod
@@ -429,6 +467,7 @@ class Scheduler:
             pipe.validate(width=resolved["width"], height=resolved["height"], steps=resolved["steps"])
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        check_pixels(resolved["width"], resolved["height"])  # a default side, or a start image's size
         return resolved
 
     @staticmethod

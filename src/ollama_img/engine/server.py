@@ -6,7 +6,6 @@ cause is a 4xx with `{"error": "..."}`; anything else is logged and answered 500
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import time
@@ -23,10 +22,13 @@ from starlette.routing import Route
 
 from ollama_img import __version__
 from ollama_img.engine import catalog, openai_api, utc_iso
+from ollama_img.engine.guard import over_unix_socket
 from ollama_img.engine.handling import (
+    SHUTTING_DOWN,
     error_message,
     error_status,
     events_until_disconnect,
+    json_body,
     outcome_unless_disconnected,
     submit,
 )
@@ -38,7 +40,6 @@ from ollama_img.engine.params import (
     model_name,
     optional_bool,
     optional_str,
-    parse_json_object,
 )
 from ollama_img.engine.scheduler import Scheduler
 from ollama_img.errors import UserError
@@ -65,7 +66,7 @@ def _final_line(model: str, event: Event) -> dict:
     if event.kind == FAILED:
         return {"error": error_message(event.error)}
     if event.kind == CANCELLED:
-        return {"error": "the job was cancelled (the engine is shutting down)"}
+        return {"error": SHUTTING_DOWN}
     result = event.result
     t = result.timings
     body = {
@@ -95,7 +96,7 @@ def _final_line(model: str, event: Event) -> dict:
 
 
 async def api_generate(request: Request):
-    body = parse_json_object(await request.body())
+    body = await json_body(request)
     # Image options may also come in ollama's `options` object; top-level fields win.
     options = body.get("options")
     if options is not None and not isinstance(options, dict):
@@ -175,14 +176,17 @@ async def api_tags(request: Request):
 
 
 async def api_show(request: Request):
-    body = parse_json_object(await request.body())
+    body = await json_body(request)
     name = body.get("model") or body.get("name")
     name = model_name({"model": name})
     return JSONResponse(await run_in_threadpool(catalog.show, name))
 
 
 async def api_version(request: Request):
-    return JSONResponse({"version": __version__})
+    body = {"version": __version__}
+    if over_unix_socket(request.scope):  # the CLI checks it talks to an engine on its own store
+        body["models"] = str(catalog.store_root())
+    return JSONResponse(body)
 
 
 async def root(request: Request):
@@ -255,14 +259,9 @@ async def watch_idle(scheduler: Scheduler, activity: Activity, grace: float, on_
             return
 
 
-def create_app(
-    scheduler: Scheduler,
-    *,
-    processor: str,
-    idle_exit: float | None = None,
-    on_idle: Callable[[], None] = None,
-):
-    """The ASGI app; `idle_exit` seconds of idleness call `on_idle` (the spawned engine's way out)."""
+def create_app(scheduler: Scheduler, *, processor: str) -> Starlette:
+    """The ASGI app. No lifespan: `serving.serve_all` starts and stops the scheduler once for every
+    listener, and watches `app.state.activity` to leave when idle."""
     routes = [
         Route("/", root, methods=["GET", "HEAD"]),
         Route("/api/generate", api_generate, methods=["POST"]),
@@ -272,27 +271,13 @@ def create_app(
         Route("/api/version", api_version, methods=["GET"]),
         *openai_api.routes(),
     ]
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        scheduler.start()
-        watcher = None
-        if idle_exit is not None and on_idle is not None:
-            watcher = asyncio.create_task(watch_idle(scheduler, activity, idle_exit, on_idle))
-        try:
-            yield
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-            await scheduler.close()
-
     activity = Activity()
     app = Starlette(
         routes=routes,
         middleware=[Middleware(ActivityTracker, activity=activity)],
-        lifespan=lifespan,
         exception_handlers={UserError: on_user_error, HTTPException: on_http_error, Exception: on_unexpected},
     )
     app.state.scheduler = scheduler
     app.state.processor = processor
+    app.state.activity = activity  # what the idle watch (`serving.serve_all`) reads
     return app

@@ -70,7 +70,7 @@ def ensure_engine() -> Path:
     timeout = start_timeout()
     try:
         with FileLock(str(runtime.spawn_lock_path()), timeout=timeout + 10):
-            if is_answering(sock):
+            if is_answering(sock) or _wait_for_running_engine(sock, timeout):
                 return sock
             process = _start_process()
             _wait_until_ready(process, sock, timeout)
@@ -79,6 +79,23 @@ def ensure_engine() -> Path:
             f"timed out waiting for another ollama-img to start the engine; see its log: {runtime.log_path()}"
         ) from None
     return sock
+
+
+def _wait_for_running_engine(sock: Path, timeout: float) -> bool:
+    """An engine holds the pid lock but did not answer at once: it is alive and busy (a slow request),
+    not gone, so wait for it rather than start a second one that would only find the lock taken.
+    True once it answers; False when no engine holds the lock (any more)."""
+    deadline = time.monotonic() + timeout
+    while (pid := runtime.running_engine_pid()) is not None:
+        if is_answering(sock, timeout=5.0):
+            return True
+        if time.monotonic() >= deadline:
+            raise UserError(
+                f"the engine (pid {pid}) is running but has not answered for {timeout:g} s; "
+                f"see its log: {runtime.log_path()}"
+            )
+        time.sleep(0.2)
+    return False
 
 
 def _engine_env() -> dict:
@@ -117,7 +134,8 @@ def _wait_until_ready(process: subprocess.Popen, sock: Path, timeout: float):
             return
         code = process.poll()
         if code is not None:
-            if is_answering(sock):  # lost a race with an engine started by other means (`serve`)
+            # Lost a race with an engine started by other means (`serve`): use that one.
+            if is_answering(sock) or _wait_for_running_engine(sock, max(1.0, deadline - time.monotonic())):
                 return
             raise UserError(
                 f"the engine exited during start-up (exit code {code}): {_last_line(runtime.log_path())} "

@@ -87,7 +87,20 @@ class ResnetBlock2D(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Single-head self-attention over all positions of the feature map."""
+    """Single-head self-attention over all positions of the feature map, in chunks of queries.
+
+    The head is as wide as the block (512 channels in the Flux VAE), beyond what the fused attention
+    kernels take, so MLX forms the (queries x keys) score matrix. At 2048x2048 that is 65,536^2 = 2^32
+    scores: MLX's matrix product overflows its 32-bit size arithmetic there and the process dies of
+    SIGFPE (on the CPU and on CUDA alike), and below that the matrix still takes gigabytes. Each query's
+    softmax only involves its own row, so chunks of queries give the same numbers with at most
+    MAX_SCORES scores at a time (on a GPU one chunk up to 1024x1024 images: nothing changes there). On
+    the CPU chunks are smaller: 2^26 scores (256 MB) took within 10 % of 2^28's time at 1536x1536 for a
+    quarter of the memory; 2^22 was 40 % slower (bench/attention_chunks.py).
+    """
+
+    MAX_SCORES = 2**28
+    CPU_SCORES = 2**26
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
@@ -101,7 +114,21 @@ class AttentionBlock(nn.Module):
         b, h, w, c = x.shape
         y = self.group_norm(x).reshape(b, 1, h * w, c)
         q, k, v = self.to_q(y), self.to_k(y), self.to_v(y)
-        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=c**-0.5)
+        n = h * w
+        on_gpu = mx.default_device() == mx.gpu
+        chunk = max(1, (self.MAX_SCORES if on_gpu else min(self.MAX_SCORES, self.CPU_SCORES)) // n)
+        if chunk >= n:
+            y = mx.fast.scaled_dot_product_attention(q, k, v, scale=c**-0.5)
+        else:
+            parts = []
+            for start in range(0, n, chunk):
+                part = mx.fast.scaled_dot_product_attention(
+                    q[:, :, start : start + chunk], k, v, scale=c**-0.5
+                )
+                if not on_gpu:
+                    mx.eval(part)  # one chunk's scores at a time: lazily, MLX would hold them all at once
+                parts.append(part)
+            y = mx.concatenate(parts, axis=2)
         return x + self.to_out[0](y).reshape(b, h, w, c)
 
 

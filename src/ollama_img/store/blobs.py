@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from ollama_img.errors import UserError
 from ollama_img.store.safetensors_format import TensorEntry, encode_header
+from ollama_img.store.verify import Stamps, file_sha256
 
 if TYPE_CHECKING:
     from ollama_img.store.publisher import BlobPublisher
@@ -126,20 +127,22 @@ class BlobWriter:
         return BlobRef(self.digest, self._size)
 
     def publish(self) -> WrittenBlob:
-        """Name the sealed blob by its hash; an existing blob of the same size is kept and this copy dropped."""
+        """Name the sealed blob by its hash; an intact existing blob is kept and this copy dropped, a
+        damaged one (other bytes under the name) is replaced by this copy."""
         digest = self.digest
         target = self.blobs_dir / blob_file_name(digest)
         try:
-            new = not _is_complete(target, self._size)
+            new = not blob_intact(target, digest, self._size)
             if new:
                 os.fsync(self._fd)
-                new = _link_without_overwrite(self._temp, target, self._size)
+                new = _link_without_overwrite(self._temp, target, digest, self._size)
         except OSError as exc:
             self.abort()
             raise _write_error(exc, target) from None
         os.close(self._fd)
         self._fd = None
         self._temp.unlink(missing_ok=True)
+        Stamps.for_blobs(self.blobs_dir).record(digest)  # after the unlink, which changes the ctime
         return WrittenBlob(digest, self._size, new)
 
     def abort(self) -> None:
@@ -229,14 +232,27 @@ def _write_all(fd: int, data, path: Path) -> None:
         raise _write_error(exc, path) from None
 
 
-def _is_complete(target: Path, size: int) -> bool:
+def blob_intact(target: Path, digest: str, size: int) -> bool:
+    """Whether `target` holds the blob `digest`: the right size, and bytes known (or now hashed) to match;
+    what `create` and `pull` ask before reusing a blob already in the store."""
     try:
-        return target.stat().st_size == size
+        if target.stat().st_size != size:
+            return False
     except FileNotFoundError:
         return False
+    stamps = Stamps.for_blobs(target.parent)
+    if stamps.is_fresh(digest):
+        return True
+    try:
+        intact = file_sha256(target) == digest
+    except FileNotFoundError:
+        return False
+    if not intact:
+        stamps.forget(digest)
+    return intact
 
 
-def _link_without_overwrite(temp: Path, target: Path, size: int) -> bool:
+def _link_without_overwrite(temp: Path, target: Path, digest: str, size: int) -> bool:
     """Give the synced temporary file the blob's name without ever overwriting a good blob.
 
     Returns False if another writer published the same blob first.
@@ -245,9 +261,9 @@ def _link_without_overwrite(temp: Path, target: Path, size: int) -> bool:
         os.link(temp, target)
         return True
     except FileExistsError:
-        if _is_complete(target, size):
+        if blob_intact(target, digest, size):
             return False
-        # A file of the wrong size under a blob name is damage from outside; replace it atomically.
+        # Other bytes under a blob name are damage from outside; replace them atomically.
         os.replace(temp, target)
         return True
     except OSError as exc:

@@ -16,6 +16,7 @@ from ollama_img.store.folder import MODEL_INDEX, ComponentPlan, FileItem, Import
 from ollama_img.store.manifest import Layer, Manifest
 from ollama_img.store.source import read_header
 from ollama_img.store.store import Store
+from ollama_img.store.verify import check_before_loading
 
 
 def plan_from_model(store: Store, name: ModelName | str) -> ImportPlan:
@@ -29,6 +30,7 @@ def plan_from_model(store: Store, name: ModelName | str) -> ImportPlan:
             "quantize the unquantized model or its folder instead"
         )
     architecture = architecture_for(config.architecture)
+    check_before_loading(store, manifest)  # its blobs are reused or read: they must be what they claim
     label = f"model '{manifest.name}'"
     top_level = manifest.component_layers("")
     if not any(layer.name == MODEL_INDEX for layer in top_level):

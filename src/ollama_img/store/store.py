@@ -28,6 +28,7 @@ from ollama_img.store.blobs import (
 )
 from ollama_img.store.locking import shared_lock_with_cleanup, store_lock
 from ollama_img.store.manifest import Manifest, decode_manifest, with_capabilities
+from ollama_img.store.verify import Stamps
 
 
 class UnreadableManifest(UserError):
@@ -158,7 +159,10 @@ class Store:
         """
         with self._disk_errors(), shared_lock_with_cleanup(self.root, self._sweep_temp_files):
             self.blobs_dir.mkdir(parents=True, exist_ok=True)
-            yield
+            try:
+                yield
+            finally:
+                Stamps.for_blobs(self.blobs_dir).save()  # which blobs were hashed (see `verify`)
 
     @contextmanager
     def _disk_errors(self):

@@ -23,7 +23,7 @@ from ollama_img.errors import UserError
 from ollama_img.models import architecture_for
 from ollama_img.names import ModelName
 from ollama_img.store import Manifest, Store
-from ollama_img.store.blobs import PLAIN_TENSOR_NAME, fsync_dir, write_bytes_blob
+from ollama_img.store.blobs import PLAIN_TENSOR_NAME, blob_intact, fsync_dir, write_bytes_blob
 from ollama_img.store.manifest import decode_manifest
 from ollama_img.store.source import read_header
 from ollama_img.transfer.progress import NoProgress, TransferProgress
@@ -103,11 +103,9 @@ def pull_model(
 
 
 def _present(store: Store, blob: RemoteBlob) -> bool:
-    """A blob the store has already (a whole file under its name: blobs only ever appear whole)."""
-    try:
-        return store.blob_path(blob.digest).stat().st_size == blob.size
-    except FileNotFoundError:
-        return False
+    """A blob the store has already, intact (blobs only ever appear whole, but a file can be damaged
+    later: one whose bytes do not match its name is fetched again, and replaced)."""
+    return blob_intact(store.blob_path(blob.digest), blob.digest, blob.size)
 
 
 def _check_native(remote: RemoteManifest, config_bytes: bytes, name: ModelName) -> Manifest:
