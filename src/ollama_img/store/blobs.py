@@ -160,6 +160,18 @@ def write_bytes_blob(blobs_dir: Path, data: bytes) -> WrittenBlob:
         return writer.commit()
 
 
+def write_file_blob(blobs_dir: Path, path: Path, chunk_size: int = 8 << 20) -> WrittenBlob:
+    """Store a file's bytes as they are (an adapter), streamed in chunks and hashed while written."""
+    try:
+        source = open(path, "rb")  # noqa: SIM115 (closed below, after the writer)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with source, BlobWriter(blobs_dir) as writer:
+        while chunk := source.read(chunk_size):
+            writer.write(chunk)
+        return writer.commit()
+
+
 def write_tensor_blob(
     blobs_dir: Path,
     tensors: list[tuple[TensorEntry, Iterable]],

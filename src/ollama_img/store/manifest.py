@@ -30,6 +30,7 @@ CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
 TENSOR_MEDIA_TYPE = "application/vnd.ollama.image.tensor"
 JSON_MEDIA_TYPE = "application/vnd.ollama.image.json"
 TEXT_MEDIA_TYPE = "application/vnd.ollama.image.text"
+ADAPTER_MEDIA_TYPE = "application/vnd.ollama.image.adapter"  # a LoRA adapter's safetensors file, as it is
 
 
 def media_type_for_file(file_name: str) -> str:
