@@ -81,7 +81,7 @@ def resolve(
             digest, path = where, adapter_blob(store or getattr(source, "store", None) or Store(), where)
         else:
             path = Path(where).expanduser()
-        adapters.append(Adapter(check_adapter(architecture, path, shapes), scale, digest))
+        adapters.append(Adapter(check_adapter(architecture, path, shapes, digest), scale, digest))
     return tuple(adapters)
 
 

@@ -94,11 +94,13 @@ async def submit(
     request: Request, params: GenerateParams, name: Callable[[Option], str] = api_name
 ) -> tuple[Scheduler, Job]:
     """Check the model exists (404 otherwise) and can do what is asked (400, naming the option or
-    size it cannot, as `name` spells it), decode the images it sent (400 for a damaged one), then
-    queue it."""
+    size it cannot, as `name` spells it), that its adapters are in the store and fit it (400), decode
+    the images it sent (400 for a damaged one), then queue it."""
     scheduler: Scheduler = request.app.state.scheduler
     digest, capabilities = await run_in_threadpool(catalog.lookup, params.model)
     scheduler.check(params, capabilities, name)
+    if params.loras:
+        await run_in_threadpool(catalog.check_adapters, params.model, params.loras)
     if params.images:
         params = await run_in_threadpool(params.with_decoded_images)
     return scheduler, scheduler.submit(params, digest)

@@ -543,6 +543,7 @@ class Scheduler:
                 images=tuple(item.sha256 for item in params.images or ()),
                 mask=params.mask.sha256 if params.mask is not None else None,
                 strength=resolved.get("strength"),
+                loras=params.loras or (),
             )
             for seed in resolved.get("seeds", [])
         ]

@@ -94,7 +94,10 @@ _FLOATS = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
 
 
 def check_adapter(
-    architecture: Architecture, path: Path | str, base_shapes: Mapping[str, tuple[int, ...]]
+    architecture: Architecture,
+    path: Path | str,
+    base_shapes: Mapping[str, tuple[int, ...]],
+    label: str | None = None,
 ) -> AdapterLayout:
     """The layout of the adapter at `path` for a model of `architecture` whose component holds the
     tensors `base_shapes` (checkpoint name -> logical shape; `adapters.component_shapes` gives them); a
