@@ -56,7 +56,7 @@ def factors(
     placement = _placement(rule, layers)
     pairs: dict[str, list[tuple[int, int, mx.array, mx.array]]] = {}
     for adapter in adapters:
-        tensors = mx.load(str(adapter.layout.path))
+        tensors = mx.load(str(adapter.layout.path), format="safetensors")  # store blobs have no extension
         for item in adapter.layout.modules:
             down = tensors[item.down].astype(mx.float32)
             up = tensors[item.up].astype(mx.float32) * (item.scale * adapter.scale)
