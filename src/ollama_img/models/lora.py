@@ -101,21 +101,22 @@ def check_adapter(
 ) -> AdapterLayout:
     """The layout of the adapter at `path` for a model of `architecture` whose component holds the
     tensors `base_shapes` (checkpoint name -> logical shape; `adapters.component_shapes` gives them); a
-    UserError naming the first key that does not fit (unknown module, wrong shape, unsupported kind)."""
+    UserError naming the first key that does not fit (unknown module, wrong shape, unsupported kind).
+    Messages call the adapter `label` (default: its path)."""
     rule = architecture.lora
     if rule is None:
         raise UserError(f"{architecture.family} models do not take LoRA adapters")
-    return read_layout(rule, path, base_shapes)
+    return read_layout(rule, path, base_shapes, label)
 
 
 def read_layout(
-    rule: LoraRule, path: Path | str, base_shapes: Mapping[str, tuple[int, ...]]
+    rule: LoraRule, path: Path | str, base_shapes: Mapping[str, tuple[int, ...]], label: str | None = None
 ) -> AdapterLayout:
     """`check_adapter` for a rule: headers and the alpha scalars are read, nothing else."""
     from ollama_img.store.source import read_header
 
     path = Path(path).expanduser()
-    where = f"adapter {path}"
+    where = f"adapter {label or path}"
     if not path.is_file():
         raise UserError(f"{where}: no such file")
     header = read_header(path, where)
