@@ -80,7 +80,7 @@ EXPECTED = [
 def test_show_lists_each_profile(world):
     assert re.search(r"options\s+none\n", world.cli("show", "plain").stdout)
     assert re.search(
-        r"options\s+guidance, negative prompt, start image and strength, mask, TeaCache\n",
+        r"options\s+guidance, negative prompt, start image and strength, mask, TeaCache, LoRA\n",
         world.cli("show", "z-image").stdout,
     )
 
