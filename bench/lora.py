@@ -45,7 +45,7 @@ BLOCK_LINEARS = ("attention.to_q", "attention.to_k", "attention.to_v", "attentio
                  "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")  # fmt: skip
 STRATEGIES = ("side-path", "merged")
 CHANGE = 0.05  # |B A| / |W| of the adapters written
-ROUNDS = 2  # turns of (no adapter, adapter) per configuration
+ROUNDS = 3  # turns of (no adapter, adapter) per configuration
 
 
 def main():
@@ -55,7 +55,8 @@ def main():
     ap.add_argument("--model", choices=["mid", "full"], help="default: full on a GPU, mid on the CPU")
     ap.add_argument("--size", type=int, help="image side (default: 1024 on a GPU, 256 on the CPU)")
     ap.add_argument("--steps", type=int, default=3, help="timed denoising steps per configuration")
-    ap.add_argument("--ranks", default="16,64")
+    ap.add_argument("--ranks", default="16,64", help="adapter ranks on the bf16 base")
+    ap.add_argument("--quantized-ranks", default="16", help="adapter ranks on the quantized bases")
     ap.add_argument("--bases", default="bf16,fp8,int4")
     ap.add_argument("--tiny", action="store_true", help="the tiny test model (a check of this script)")
     ap.add_argument("--write", action="store_true", help="put the table into bench/RESULTS.md")
@@ -114,6 +115,7 @@ def orchestrate(args):
     size = args.size or (64 if args.tiny else 1024 if gpu else 256)
     steps = 2 if args.tiny else args.steps
     ranks = [int(r) for r in args.ranks.split(",")] if not args.tiny else [4]
+    quantized_ranks = [int(r) for r in args.quantized_ranks.split(",")] if not args.tiny else [4]
     bases = args.bases.split(",")
     folder = WORK / f"oi-lora-{model}" / "Z-Image"
     store = WORK / f"oi-lora-{model}" / "store"
@@ -154,7 +156,7 @@ def orchestrate(args):
         if done.returncode:
             print(done.stderr[-2000:])
     adapters = {}
-    for rank in ranks:
+    for rank in sorted({*ranks, *quantized_ranks}):
         adapters[rank] = write_adapter(folder, out / f"adapter-r{rank}.safetensors", rank)
     save()
 
@@ -163,7 +165,11 @@ def orchestrate(args):
 
     latents = out / "latents"
     latents.mkdir(exist_ok=True)
-    configs = [(base, strategy, rank) for base in bases for rank in ranks for strategy in STRATEGIES]
+
+    def ranks_of(base):
+        return ranks if base == "bf16" else quantized_ranks
+
+    configs = [(base, strategy, rank) for base in bases for rank in ranks_of(base) for strategy in STRATEGIES]
     for base, strategy, rank in configs:
         name = f"{base} {strategy} r{rank}"
         saved = latents / (name.replace(" ", "_") + ".npy")
@@ -177,7 +183,7 @@ def orchestrate(args):
         print(summary(result), flush=True)
         save()
     for base in bases:
-        for rank in ranks:
+        for rank in ranks_of(base):
             command = [sys.executable, __file__, "merge-error", "--model", model_of(base), "--store", str(store),
                        "--adapter", str(adapters[rank])]  # fmt: skip
             result = run_child(command, store, f"merge error {base} r{rank}")
@@ -311,9 +317,17 @@ def child_run(args) -> dict:
             if loras:
                 better("lora_s", timer.phases.get("lora", 0.0))
             mx.reset_peak_memory()
-            t0 = time.perf_counter()
-            latents = pipe.denoise(PROMPT, steps=args.steps, loras=loras, **kwargs)
-            better(f"step_{name}_s", (time.perf_counter() - t0) / args.steps)
+            ticks = [time.perf_counter()]
+            latents = pipe.denoise(
+                PROMPT,
+                steps=args.steps,
+                loras=loras,
+                on_step=lambda *_, ticks=ticks: ticks.append(time.perf_counter()),
+                **kwargs,
+            )
+            # each step's own time (between the callbacks after consecutive steps): the quickest is the
+            # least disturbed by whatever else runs on the machine
+            better(f"step_{name}_s", min(b - a for a, b in zip(ticks[1:-1], ticks[2:], strict=True)))
             out[name] = np.array(latents)
             if loras:
                 out["peak"] = mx.get_peak_memory()
@@ -407,8 +421,8 @@ def markdown(report: dict) -> str:
         f"{report['date']}, {report['machine']}; {report['model']} model, {report['size']}x{report['size']}. "
         "Adapter: PEFT format, float16, on every attention and feed-forward Linear of the transformer's "
         f"blocks, each change |B A| = {CHANGE:.0%} of its weight's |W|. Each configuration is one process: "
-        "loaded without the adapter, then the adapter and no adapter in turns (twice), each denoising "
-        f"{report['steps']} steps, the best time of each kept. `switch`: making the adapter the "
+        f"loaded without the adapter, then the adapter and no adapter in turns ({ROUNDS} times), each "
+        f"denoising {report['steps']} steps; a step's time is the quickest single step of each. `switch`: making the adapter the "
         "transformer's (side path: swapping it in; merged: loading the transformer again, merged), of it "
         "`applying` (reading the adapter and computing its factors, and for merged the merge itself). "
         "`vs side path`: the final latents' largest difference from the side path's on the same base and "

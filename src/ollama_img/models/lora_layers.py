@@ -27,6 +27,7 @@ from mlx.utils import tree_unflatten
 
 from ollama_img.adapters import Adapter
 from ollama_img.models.lora import LoraRule
+from ollama_img.phases import phase
 
 SIDE_PATH = "side-path"
 MERGED = "merged"
@@ -186,7 +187,8 @@ class ComponentAdapters:
 
     def attach(self, module: nn.Module, dtype: mx.Dtype) -> nn.Module:
         """Apply the wanted adapters to a freshly loaded component (the loader's last step)."""
-        apply(module, self.rule, self.wanted, self.strategy, dtype)
+        with phase("lora"):
+            apply(module, self.rule, self.wanted, self.strategy, dtype)
         self._applied = _keys(self.wanted)
         self._dtype = dtype
         return module

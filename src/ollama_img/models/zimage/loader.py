@@ -18,7 +18,6 @@ from ollama_img.models.zimage import ARCHITECTURE
 from ollama_img.models.zimage.config import TEXT_LAYER, ZImageConfig
 from ollama_img.models.zimage.pipeline import ZImagePipeline
 from ollama_img.models.zimage.transformer import ZImageTransformer
-from ollama_img.phases import phase
 from ollama_img.weights import WeightSource
 
 
@@ -58,8 +57,7 @@ def load(
         module = loader.load(
             "transformer", ZImageTransformer(transformer_config), fuse=ZImageTransformer.fuse_projections
         )
-        with phase("lora"):
-            return lora.attach(module, loader.dtype)
+        return lora.attach(module, loader.dtype)
 
     loaders = {
         "text_encoder": lambda: loader.load("text_encoder", Qwen3TextEncoder(text_config, (TEXT_LAYER,))),
