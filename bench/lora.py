@@ -4,6 +4,7 @@ merged into the weights at load (W + up down; on a quantized base: dequantized, 
     python bench/lora.py --out OUT [--model mid|full] [--size 256] [--steps 3] [--ranks 16,64]
                          [--bases bf16,fp8,int4] [--write]
     python bench/lora.py --tiny --out /tmp/lora-bench        # the tiny model: a quick check of the script
+    python bench/lora.py layers [--tokens 1024] --out OUT    # one Linear, with and without its side path
 
 It builds its model folder (tests/fixtures/zimage_folder.py; `mid`: the release's widths with few
 layers, 3.2 GB, the default on the CPU; `full`: Z-Image-Turbo's size, 20.5 GB, the default on a GPU) in
@@ -68,6 +69,10 @@ def main():
     child.add_argument("--size", type=int, required=True)
     child.add_argument("--steps", type=int, required=True)
     child.add_argument("--latents", type=Path, required=True)
+    layers = sub.add_parser("layers", help="one Linear with and without its side path, in turns")
+    layers.add_argument("--tokens", type=int, default=1024)
+    layers.add_argument("--pairs", type=int, default=15)
+    layers.add_argument("--out", type=Path)
     merge = sub.add_parser("merge-error")
     merge.add_argument("--model", required=True)
     merge.add_argument("--store", type=Path)
@@ -77,6 +82,8 @@ def main():
         emit(child_run(args))
     elif args.command == "merge-error":
         emit(child_merge_error(args))
+    elif args.command == "layers":
+        layer_overhead(args)
     else:
         orchestrate(args)
 
@@ -396,6 +403,79 @@ def weight_of(layer):
             bits=layer.bits, mode=layer.mode, dtype=mx.float32,
         )  # fmt: skip
     return layer.weight.astype(mx.float32)
+
+
+def layer_overhead(args) -> None:
+    """The side path's cost on the transformer's own Linear shapes (dim 3840: fused q|k|v, w1|w3, w2) at
+    `--tokens` tokens, plain (the checkpoint's bf16) and quantized as the back end computes them: each
+    pair of calls (without, with) back to back, the median of the pairs' ratios (robust to a machine
+    that other work slows now and then)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from ollama_img.models.loading import DequantizingLinear
+    from ollama_img.models.lora_layers import LoraLinear
+    from ollama_img.quantization import DEQUANTIZE_PER_CALL, TYPES, loading_strategy
+
+    backend = "cuda" if on_gpu() else "cpu"
+    dtype = mx.bfloat16 if on_gpu() else mx.float32
+    rows = []
+    for label, (out_dims, in_dims) in {
+        "q|k|v": (11520, 3840),
+        "w1|w3": (20480, 3840),
+        "w2": (3840, 10240),
+    }.items():
+        plain = nn.Linear(in_dims, out_dims, bias=False)
+        plain.weight = (mx.random.normal((out_dims, in_dims)) / math.sqrt(in_dims)).astype(mx.bfloat16)
+        x = mx.random.normal((1, args.tokens, in_dims)).astype(dtype)
+        for base_name in ("bf16", "fp8", "int4"):
+            if base_name == "bf16":
+                base = plain
+            else:
+                quant = TYPES[base_name]
+                base = nn.QuantizedLinear.from_linear(plain, quant.group_size, quant.bits, quant.mode)
+                if loading_strategy(backend, quant.mode) == DEQUANTIZE_PER_CALL:
+                    base = DequantizingLinear.from_quantized(base, mx.bfloat16)
+            mx.eval(base.parameters())
+            for rank in (16, 64):
+                down = (mx.random.normal((in_dims, rank)) / math.sqrt(in_dims)).astype(dtype)
+                up = (mx.random.normal((rank, out_dims)) * 0.01).astype(dtype)
+                side = LoraLinear(base, down, up)
+                ratios, plain_s = [], []
+                for i in range(args.pairs + 2):
+                    timed = []
+                    for layer in (base, side):
+                        t0 = time.perf_counter()
+                        mx.eval(layer(x))
+                        timed.append(time.perf_counter() - t0)
+                    if i >= 2:  # the first pairs warm up
+                        ratios.append(timed[1] / timed[0])
+                        plain_s.append(timed[0])
+                row = {"layer": label, "base": base_name, "rank": rank, "tokens": args.tokens,
+                       "base_s": round(statistics.median(plain_s), 5),
+                       "ratio": round(statistics.median(ratios), 4)}  # fmt: skip
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    table = [
+        f"{date.today().isoformat()}, {machine(on_gpu())}: one Linear at {args.tokens} tokens, "
+        f"{'bf16' if on_gpu() else 'float32'} activations; median over {args.pairs} back-to-back pairs.",
+        "",
+        "| layer (out x in) | base | base s | + side path r16 | + side path r64 |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for label in dict.fromkeys(r["layer"] for r in rows):
+        for base_name in ("bf16", "fp8", "int4"):
+            cells = {r["rank"]: r for r in rows if r["layer"] == label and r["base"] == base_name}
+            table.append(
+                f"| {label} | {base_name} | {cells[16]['base_s']:.4f} | {cells[16]['ratio']:.3f}x | "
+                f"{cells[64]['ratio']:.3f}x |"
+            )
+    text = "\n".join(table) + "\n"
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "layers.json").write_text(json.dumps(rows, indent=1))
+        (args.out / "layers.md").write_text(text)
 
 
 # -- report ------------------------------------------------------------------------------------------------
