@@ -116,8 +116,8 @@ def parse_modelfile(text: str, folder: Path | str = ".", where: str | None = Non
         word = scanner.word()
         instruction = word.upper()
         if instruction == "FROM":
-            value = scanner.value(line, rest_of_line=True, what="FROM").strip()
-            if not value:
+            value = scanner.value(line, rest_of_line=True, what="FROM")
+            if not value.strip():
                 raise at_line(line, "FROM needs a value: a model in the store or a model folder")
             if base is not None:
                 raise at_line(line, f"a second FROM (the first is on line {base[1]}): a model has one base")
@@ -152,8 +152,9 @@ def parse_modelfile(text: str, folder: Path | str = ".", where: str | None = Non
                 line, f"unknown instruction {_quoted(word)}{_did_you_mean(instruction)}; {_instructions()}"
             )
     if base is None:
+        named = f"the Modelfile {where}" if where else "the Modelfile"
         raise UserError(
-            f"{where} has no FROM line: say which model it builds on (FROM z-image, FROM ./folder)"
+            f"{named} has no FROM line: say which model it builds on (FROM z-image, FROM ./folder)"
         )
     return Modelfile(base[0], base[1], folder, tuple(adapters), tuple(parameters.values()), tuple(licenses))
 
