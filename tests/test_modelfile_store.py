@@ -227,6 +227,19 @@ def test_create_from_quantizes_and_keeps_what_the_modelfile_added(store, styled,
     assert not any(la.name in ("params", "license") and not la.from_modelfile for la in quantized.layers)
 
 
+def test_a_modelfile_with_quantize_quantizes_its_base_and_adds_the_rest(store, base, cli, tmp_path):
+    write_adapter(tmp_path / "style.safetensors")
+    path = write_modelfile(
+        tmp_path / "Modelfile", "FROM z-image\nADAPTER style.safetensors\nPARAMETER steps 3\n"
+    )
+    ok(cli("create", "small", "-f", str(path), "-q", "int8"))
+    small = store.manifest("small")
+    assert small.config.quantization.type == "int8" and small.config.params == {"steps": 3}
+    assert small.config.base == "z-image:latest" and small.config.adapters[0].name == "style.safetensors"
+    assert len(small.weight_layers()) == len(base.layers) and small.weight_layers() != base.layers
+    assert_store_consistent(store)
+
+
 @pytest.mark.parametrize(
     ("modelfile", "message"),
     [

@@ -202,7 +202,7 @@ def show(
     modified = store.modified(model)
     config = manifest.config
     missing = missing_blobs(store, manifest)
-    licenses = licenses_of(store, manifest)
+    licenses = licenses_of(store, manifest, strict=False)
     if as_json:
         doc = {
             "name": str(model),

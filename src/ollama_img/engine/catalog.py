@@ -89,7 +89,7 @@ def show(name: str) -> dict:
         "model_info": config.to_json(),
         "parameters": parameters_text(config.params),
         "adapters": [adapter.to_json() for adapter in config.adapters],
-        "license": "\n".join(licenses_of(store, manifest)),
+        "license": "\n".join(licenses_of(store, manifest, strict=False)),
         "modelfile": modelfile_of(store, manifest),
         "memory": memory_report(store, name),
         "layers": [layer.to_json() for layer in manifest.layers],

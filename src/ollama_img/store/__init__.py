@@ -24,8 +24,9 @@ Public API (what the loader, the engine and the CLI use):
     plan = plan_from_model(store, name)      # the same from a stored model (`create --from`)
     result = import_folder(store, name, plan, progress=callback, quantize=None)   # ImportResult
                                              # quantize: a QuantType (ollama_img.quantization)
-    recipe = from_modelfile.prepare(store, read_modelfile(path))   # `create -f Modelfile` (store/from_modelfile.py)
-    result = from_modelfile.build(store, name, recipe)
+    recipe = from_modelfile.prepare(store, read_modelfile(path))   # `create -f Modelfile` (store/from_modelfile.py):
+                                             # recipe.plan to import_folder(..., additions=recipe.additions),
+                                             # else from_modelfile.derive(store, name, recipe.base, recipe.additions)
     write_file_blob(store.blobs_dir, path)   # a file stored as it is (an adapter): WrittenBlob
 
 A tensor layer's blob is a safetensors file holding one tensor named `data` (`PLAIN_TENSOR_NAME`).

@@ -82,16 +82,18 @@ def inherited(store: Store, manifest: Manifest) -> Additions:
     return Additions(tuple(adapters), dict(manifest.config.params), licenses_of(store, manifest))
 
 
-def licenses_of(store: Store, manifest: Manifest) -> tuple[str, ...]:
-    """The texts of a model's license layers."""
+def licenses_of(store: Store, manifest: Manifest, strict: bool = True) -> tuple[str, ...]:
+    """The texts of a model's license layers; one that cannot be read is a UserError, or left out
+    when not `strict` (`show` flags a damaged model and shows the rest)."""
     texts = []
     for layer in manifest.layers_of_type(LICENSE_MEDIA_TYPE):
         try:
             texts.append(store.blob_path(layer.digest).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(
-                f"model '{manifest.name}' is damaged: its license blob cannot be read ({exc})"
-            ) from None
+            if strict:
+                raise UserError(
+                    f"model '{manifest.name}' is damaged: its license blob cannot be read ({exc})"
+                ) from None
     return tuple(texts)
 
 

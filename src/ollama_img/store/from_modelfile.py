@@ -32,7 +32,7 @@ from ollama_img.store.additions import (
 from ollama_img.store.blobs import fsync_dir, is_digest, write_bytes_blob
 from ollama_img.store.folder import ImportPlan, inspect_folder
 from ollama_img.store.from_model import plan_from_model
-from ollama_img.store.importer import ImportResult, ProgressCallback, import_folder
+from ollama_img.store.importer import ImportResult
 from ollama_img.store.manifest import Manifest, encode_manifest
 from ollama_img.store.store import Store
 from ollama_img.store.verify import check_before_loading
@@ -44,27 +44,15 @@ _PATH_STARTS = (".", "/", "~")  # FROM text that can only be meant as a path
 class Recipe:
     """A checked Modelfile, ready to build."""
 
-    origin: str  # where the weights come from, for messages: "model 'z-image:latest'" or the folder
     additions: Additions
     plan: ImportPlan | None = None  # weights to import (a folder, or a stored model to quantize)
     base: Manifest | None = None  # else the stored model whose weight layers are reused as they are
 
-    @property
-    def tensor_count(self) -> int:
-        return (
-            self.plan.tensor_count
-            if self.plan
-            else sum(1 for la in self.base.weight_layers() if la.is_tensor)
-        )
-
-    @property
-    def tensor_bytes(self) -> int:
-        return self.plan.tensor_bytes if self.plan else 0  # nothing to copy
-
 
 def prepare(store: Store, modelfile: Modelfile, quantize: bool = False) -> Recipe:
     """Resolve FROM, check the parameters against its family and the adapters' files; a UserError
-    naming the line otherwise. With `quantize`, the weights will be quantized (`build`'s `quantize`)."""
+    naming the line otherwise. With `quantize`, the weights are to be imported again, quantized: the
+    recipe then has a `plan` for `import_folder` (with `additions`), else a `base` for `derive`."""
     line = modelfile.base_line
     try:
         plan, base, kept = _resolve_from(store, modelfile)
@@ -93,22 +81,7 @@ def prepare(store: Store, modelfile: Modelfile, quantize: bool = False) -> Recip
         licenses=modelfile.licenses or kept.licenses,
         base=kept.base,
     )
-    return Recipe(label, additions, plan=plan, base=None if plan is not None else base)
-
-
-def build(
-    store: Store,
-    name: ModelName | str,
-    recipe: Recipe,
-    progress: ProgressCallback | None = None,
-    quantize=None,
-) -> ImportResult:
-    """Store the model `recipe` describes under `name` (an existing model of that name is replaced)."""
-    if recipe.plan is not None:
-        return import_folder(
-            store, name, recipe.plan, progress, quantize=quantize, additions=recipe.additions
-        )
-    return derive(store, name, recipe.base, recipe.additions)
+    return Recipe(additions, plan=plan, base=None if plan is not None else base)
 
 
 def derive(store: Store, name: ModelName | str, base: Manifest, additions: Additions) -> ImportResult:
@@ -197,7 +170,7 @@ def modelfile_of(store: Store, manifest: Manifest) -> str:
     adapters = [(str(store.blob_path(a.digest)), a.scale) for a in config.adapters[skip:]]
     comment = f"Modelfile of {manifest.name}, written by ollama-img show --modelfile"
     return render_modelfile(
-        source, adapters, dict(config.params), list(licenses_of(store, manifest)), comment
+        source, adapters, dict(config.params), list(licenses_of(store, manifest, strict=False)), comment
     )
 
 
@@ -217,7 +190,7 @@ def _reproducing_base(store: Store, manifest: Manifest) -> Manifest | None:
         and own.weights_only() == config.weights_only()
         and config.adapters[: len(own.adapters)] == own.adapters
         and set(own.params) <= set(config.params)
-        and (not licenses_of(store, base) or licenses_of(store, manifest))
+        and (not licenses_of(store, base, strict=False) or licenses_of(store, manifest, strict=False))
         and str(base.name) == config.base
         else None
     )
