@@ -98,7 +98,8 @@ def show(name: str) -> dict:
 
 def memory_report(store, name: str) -> dict | None:
     """The model's memory needs at its default size (`memory.plan.report`), on the back end installed
-    here, within OLLAMA_IMG_GPU_MEMORY when set; None for a model whose architecture this version lacks."""
+    here, within OLLAMA_IMG_GPU_MEMORY when set; None for a model whose architecture this version lacks
+    or whose blobs are damaged."""
     from ollama_img.errors import UserError
     from ollama_img.memory.budget import user_budget
     from ollama_img.memory.device import installed_device_kind
@@ -106,8 +107,8 @@ def memory_report(store, name: str) -> dict | None:
     from ollama_img.models import architecture_for
     from ollama_img.weights import StoreSource
 
-    source = StoreSource(store, name)
-    try:
+    try:  # a damaged model (a missing blob) has no estimate: `show` names the damage instead
+        source = StoreSource(store, name)
         architecture = architecture_for(source.read_json("model_index.json").get("_class_name"))
         profile = architecture.memory_of(source)
     except (UserError, KeyError, TypeError, ValueError):
