@@ -16,8 +16,9 @@ also carry) use `capabilities` for a list of words such as ["image"].
 
 Reading is tolerant the way a store must be across versions: any field may be missing or null (blobs
 of older versions lack some), keys a reader does not know are ignored, and a present field of the
-wrong type is a ValueError that says which. Blobs written before capabilities were recorded get them
-derived from the family's declaration when the store reads the manifest (`with_capabilities`). Fields a later
+wrong type is a ValueError that says which. The recorded capabilities are what the creating version
+could do: the store replaces them with what this version's code derives from the family and the config
+files when it reads the manifest (`with_capabilities`). Fields a later
 version adds (a Modelfile's PARAMETERs, adapters) go here the same way: with a default that reads
 older blobs as having none.
 """
