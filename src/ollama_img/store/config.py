@@ -24,10 +24,11 @@ also carry) use `capabilities` for a list of words such as ["image"].
 
 Reading is tolerant the way a store must be across versions: any field may be missing or null (blobs
 of older versions lack some), keys a reader does not know are ignored, and a present field of the
-wrong type is a ValueError that says which. Blobs written before capabilities were recorded get them
-derived from the family's declaration when the store reads the manifest (`with_capabilities`). The
-Modelfile's fields were added the same way: a blob without them reads as having none, and a model
-without them writes none, so its config blob is the one an older version wrote.
+wrong type is a ValueError that says which. The recorded capabilities are what the creating version
+could do: the store replaces them with what this version's code derives from the family and the config
+files when it reads the manifest (`with_capabilities`). The Modelfile's fields were added the way any
+later field is: a blob without them reads as having none, and a model without them writes none, so
+its config blob is the one an older version wrote.
 """
 
 from __future__ import annotations

@@ -212,12 +212,13 @@ def _is_count(value) -> bool:
 
 
 def with_capabilities(manifest: Manifest, read_blob: Callable[[str], bytes]) -> Manifest:
-    """The manifest of a model an older version recorded without capabilities, with them derived from its
-    family and its stored config files (`read_blob(digest)` gives a blob's bytes); others unchanged, and
-    unchanged too when this version does not know the family or the files do not say."""
+    """The manifest with the capabilities this version's code gives the model, derived from its family and
+    its stored config files (`read_blob(digest)` gives a blob's bytes), whatever the record says: the
+    record is what the creating version could do, and a newer version can do more (or, fixed, less).
+    Unchanged when this version does not know the family or the files do not say."""
     config = manifest.config
     architecture = ARCHITECTURES.get(config.architecture)
-    if config.capabilities is not None or architecture is None:
+    if architecture is None:
         return manifest
     files = {layer.name: layer.digest for layer in manifest.layers if not layer.is_tensor}
 
