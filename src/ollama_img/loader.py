@@ -7,6 +7,7 @@ import inspect
 from pathlib import Path
 
 from ollama_img.backend import require_mlx
+from ollama_img.model_defaults import with_model_defaults
 from ollama_img.models import architecture_for
 from ollama_img.phases import phase
 from ollama_img.weights import open_source
@@ -16,6 +17,10 @@ def load_pipeline(
     name_or_folder: str | Path, *, store=None, dtype=None, budget=None, planner=None, plan=None
 ):
     """Load from the store (a model name) or from a diffusers model folder (a directory path).
+
+    A model made by a Modelfile has its PARAMETERs as the pipeline's defaults (`pipe.defaults`, and
+    what `generate` uses for the options it is not given): a request's values, then the model's, then
+    the family's.
 
     `dtype` overrides the compute dtype (default: the checkpoint's on a GPU, float32 on the CPU).
     Memory is planned (`ollama_img.memory`): within `budget` (a `memory.budget.Budget`; default
@@ -59,4 +64,6 @@ def _load(source, dtype, budget, planner, plan):
     accepted = inspect.signature(module.load).parameters  # a family's loader may not take a plan
     memory = {key: value for key, value in (("plan", plan), ("planner", planner)) if key in accepted}
     with phase("build"):  # what the loader does not mark as read or eval
-        return module.load(source, dtype=dtype, **memory)
+        pipe = module.load(source, dtype=dtype, **memory)
+    manifest = getattr(source, "manifest", None)  # a store model's; a folder has no Modelfile
+    return with_model_defaults(pipe, manifest.config.params) if manifest is not None else pipe

@@ -32,10 +32,11 @@ def resolve(name: str) -> str | None:
     return _store().manifest(name).digest
 
 
-def lookup(name: str) -> tuple[str, Capabilities | None]:
-    """The manifest digest of a model and what its record says it can do, or NotFound (404)."""
+def lookup(name: str) -> tuple[str, Capabilities | None, dict[str, object]]:
+    """The manifest digest of a model, what its record says it can do, and its PARAMETERs (a
+    Modelfile's defaults for what a request leaves out); NotFound (404) without one."""
     manifest = _store().manifest(name)
-    return manifest.digest, manifest.config.capabilities
+    return manifest.digest, manifest.config.capabilities, dict(manifest.config.params)
 
 
 def short_id(digest: str | None) -> str:
@@ -70,15 +71,26 @@ def tags() -> list[dict]:
 
 
 def show(name: str) -> dict:
-    """What /api/show answers: the model's details, its config, its memory needs, and its layers."""
+    """What /api/show answers: the model's details, its config, its memory needs, and its layers; as
+    ollama's, its `parameters` as text (`name value` a line), its `license` and its `modelfile`; and
+    its `adapters` (name, digest, scale)."""
+    from ollama_img.modelfile import parameters_text
+    from ollama_img.store.additions import licenses_of
+    from ollama_img.store.from_modelfile import modelfile_of
+
     store = _store()
     manifest = store.manifest(name)
+    config = manifest.config
     return {
         "name": canonical(name),
         "digest": manifest.digest,
         "size": manifest.total_size,
-        "details": _details(manifest.config),
-        "model_info": manifest.config.to_json(),
+        "details": _details(config),
+        "model_info": config.to_json(),
+        "parameters": parameters_text(config.params),
+        "adapters": [adapter.to_json() for adapter in config.adapters],
+        "license": "\n".join(licenses_of(store, manifest, strict=False)),
+        "modelfile": modelfile_of(store, manifest),
         "memory": memory_report(store, name),
         "layers": [layer.to_json() for layer in manifest.layers],
     }

@@ -160,6 +160,18 @@ def write_bytes_blob(blobs_dir: Path, data: bytes) -> WrittenBlob:
         return writer.commit()
 
 
+FILE_CHUNK = 8 * 1024 * 1024
+
+
+def write_file_blob(blobs_dir: Path, path: Path) -> WrittenBlob:
+    """Store a file's bytes as they are (a LoRA adapter), streamed in 8 MiB chunks: a large file is
+    never held in memory whole. OSErrors reading `path` propagate (the caller names the file)."""
+    with BlobWriter(blobs_dir) as writer, open(path, "rb", buffering=0) as source:
+        while chunk := source.read(FILE_CHUNK):
+            writer.write(chunk)
+        return writer.commit()
+
+
 def write_tensor_blob(
     blobs_dir: Path,
     tensors: list[tuple[TensorEntry, Iterable]],
