@@ -144,9 +144,9 @@ def test_missing_folder(populated, cli, tmp_path):
     )
 
 
-def test_folder_is_a_file(populated, cli, tmp_path):
-    (tmp_path / "f").write_text("")
-    _fails_cleanly(cli, populated, ["create", "x", "-f", str(tmp_path / "f")], "not a folder")
+def test_a_file_is_read_as_a_modelfile(populated, cli, tmp_path):
+    (tmp_path / "f").write_text("")  # -f FILE is a Modelfile (as in ollama); this one says nothing
+    _fails_cleanly(cli, populated, ["create", "x", "-f", str(tmp_path / "f")], "has no FROM line")
 
 
 @pytest.mark.parametrize("name", ["", "Bad Name", "a/b/c/d", "x:", ":tag", "a/../b", "z:$tag", "a//b"])

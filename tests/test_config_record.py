@@ -27,7 +27,8 @@ def created(store, tiny_folder):
 def test_the_record_round_trips_through_its_blob(store, created):
     blob = json.loads(store.blob_path(created.config_digest).read_bytes())
     assert ModelConfig.from_json(blob) == created.config == store.manifest("z-image").config
-    assert ModelConfig.from_json({**blob, "params": {"steps": 4}}) == created.config  # a newer field
+    assert ModelConfig.from_json({**blob, "a_later_field": {"steps": 4}}) == created.config  # ignored
+    assert "params" not in blob and "adapters" not in blob and "base" not in blob  # none from a folder
 
 
 def test_a_blob_written_before_capabilities_still_works(store, created, cli, tiny_folder):

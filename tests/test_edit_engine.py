@@ -20,8 +20,8 @@ from PIL import Image
 from ollama_img.png_meta import read_png_text
 from tests.conftest import snapshot
 from tests.fixtures.engine_env import EngineEnv
+from tests.fixtures.flux2_folder import TINY, build_flux2_folder
 from tests.fixtures.images import picture, png_bytes, png_claiming, rectangle_mask, truncated
-from tests.test_capabilities import narrow
 
 openai = pytest.importorskip("openai")
 
@@ -32,14 +32,13 @@ MASK_PNG = png_bytes(rectangle_mask(72, 56))
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_folder):
-    from ollama_img.store import Store
-
-    env = EngineEnv(tmp_path_factory.mktemp("edit"))
+    root = tmp_path_factory.mktemp("edit")
+    klein = build_flux2_folder(root / "FLUX.2-klein", TINY)  # takes reference images, no start image or mask
+    env = EngineEnv(root / "world")
     try:
-        for name in ("z-image", "plain"):
-            created = env.cli("create", name, "-f", str(tiny_folder))
+        for name, folder in (("z-image", tiny_folder), ("klein", klein)):
+            created = env.cli("create", name, "-f", str(folder))
             assert created.returncode == 0, created.stderr
-        narrow(Store(env.env["OLLAMA_IMG_MODELS"]), "plain", image_input=False, mask=False)
         files = {
             "start.png": START_PNG,
             "mask.png": MASK_PNG,
@@ -242,7 +241,8 @@ BAD = [
     ({"images": [B64["start"]], "strength": 1.5}, "'strength' must be more than 0 and at most 1, got 1.5"),
     ({"mask": B64["mask"]}, "'mask' needs an image to start from: send 'images' too"),
     ({"strength": 0.5}, "'strength' needs an image to start from: send 'images' too"),
-    ({"images": [B64["start"]], "model": "plain"}, "plain:latest does not support 'images'"),
+    ({"images": [B64["start"]], "mask": B64["mask"], "model": "klein"}, "klein:latest does not support 'mask'"),
+    ({"images": [B64["start"]], "strength": 0.5, "model": "klein"}, "klein:latest does not support 'strength'"),
     ({"images": "x"}, "'images' must be a list of images"),
 ]  # fmt: skip
 
@@ -271,8 +271,8 @@ def test_bad_input_is_a_400_and_changes_nothing(world, extra, message):
 
 EDITS_BAD = [
     ({"files": {"model": (None, "z-image"), "prompt": (None, "x")}}, 400, "missing 'image'"),
-    ({"data": {"model": "plain", "prompt": "x"}, "files": [("image", ("a.png", START_PNG))]}, 400,
-     "plain:latest does not support 'image'"),
+    ({"data": {"model": "klein", "prompt": "x"}, "files": [("image", ("a.png", START_PNG)), ("mask", ("m.png", MASK_PNG))]},
+     400, "klein:latest does not support 'mask'"),
     ({"data": {"model": "z-image", "prompt": "x"}, "files": [("image", ("a.png", b"text"))]}, 400,
      "'image' is not a PNG, JPEG or WebP image"),
     ({"data": {"model": "z-image", "prompt": "x", "n": "many"}, "files": [("image", ("a.png", START_PNG))]},
@@ -327,6 +327,6 @@ def test_bad_run_flags_are_one_line_before_anything_starts(world, tmp_path, flag
         other.close()
 
 
-def test_run_refuses_an_edit_for_a_model_that_cannot_edit(world):
-    result = world.cli("run", "plain", "a cat", "--image", "start.png")
-    assert (result.returncode, result.stderr) == (1, "Error: plain:latest does not support --image\n")
+def test_run_refuses_a_mask_for_a_model_that_cannot_inpaint(world):
+    result = world.cli("run", "klein", "a cat", "--image", "start.png", "--mask", "mask.png")
+    assert (result.returncode, result.stderr) == (1, "Error: klein:latest does not support --mask\n")

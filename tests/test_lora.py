@@ -387,3 +387,30 @@ def test_adapter_blobs_are_the_file_deduplicated_checked_and_collected(store, tm
     with pytest.raises(UserError, match="is damaged"):
         adapter_blob(store, first.digest)
     assert store.collect_garbage() == (1, path.stat().st_size)  # no model names it: unused
+
+
+def test_create_from_a_modelfile_refuses_an_adapter_that_does_not_fit_naming_its_line(
+    store, cli, tmp_path, tiny_folder, shapes
+):
+    from ollama_img.store import import_folder, inspect_folder
+
+    import_folder(store, "z-image", inspect_folder(tiny_folder))
+    peft_file(tmp_path / "good.safetensors", pairs(shapes))
+    wide = {"layers.0.attention.to_q": (np.ones((2, DIM + 1), np.float32), np.ones((DIM, 2), np.float32))}
+    bad = peft_file(tmp_path / "wide.safetensors", wide)
+    for base in ("z-image", str(tiny_folder)):  # a stored base, a folder
+        modelfile = tmp_path / "Modelfile"
+        modelfile.write_text(f"FROM {base}\nADAPTER good.safetensors 0.5\n\nADAPTER wide.safetensors\n")
+        before = sorted(p.name for p in store.blobs_dir.iterdir())
+        result = cli("create", "styled", "-f", str(modelfile))
+        assert result.code == 1
+        assert result.err.strip() == (
+            f"Error: Modelfile line 4: adapter {bad}: key 'transformer.layers.0.attention.to_q.lora_A.weight' "
+            "has shape [2, 65], the layer takes 64 inputs"
+        )
+        assert sorted(p.name for p in store.blobs_dir.iterdir()) == before  # nothing written
+    modelfile.write_text("FROM z-image\nADAPTER good.safetensors 0.5\n")
+    assert cli("create", "styled", "-f", str(modelfile)).code == 0
+    assert [(a.name, a.scale) for a in store.manifest("styled").config.adapters] == [
+        ("good.safetensors", 0.5)
+    ]

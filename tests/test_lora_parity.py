@@ -15,6 +15,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 SIZE, STEPS = 64, 4
+# diffusers loading a second adapter into one model warns that it does; that is what these tests do
+pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -158,4 +160,25 @@ def test_adapters_by_digest_on_a_store_model_match_diffusers(
     pipe = load_pipeline("zimage-ref", store=store, loras=digests)
     assert [a.digest for a in pipe.adapters] == [d for d, _ in digests]
     loras = [(adapters[key], scale) for key, scale in CASES["two-adapters"]]
+    check(ours(pipe, latents), reference(reference_folder, loras, latents), base_image)
+
+
+def test_a_model_made_with_a_modelfile_applies_its_adapters_from_the_store(
+    reference_folder, adapters, latents, base_image, store, cli, tmp_path
+):
+    """ADAPTER lines become the model's own adapters: `load_pipeline(NAME)` applies them, in order, at
+    their scales, and the image is diffusers' with the same adapters."""
+    from ollama_img import load_pipeline
+    from ollama_img.store import import_folder, inspect_folder
+
+    import_folder(store, "zimage-ref", inspect_folder(reference_folder))
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(f"FROM zimage-ref\nADAPTER {adapters['kohya']} 0.6\nADAPTER {adapters['b']} 1.2\n")
+    created = cli("create", "styled", "-f", str(modelfile))
+    assert created.code == 0, created.err
+    pipe = load_pipeline("styled", store=store)
+    assert [(a.digest, a.scale) for a in pipe.adapters] == [
+        (record.digest, record.scale) for record in store.manifest("styled").config.adapters
+    ]
+    loras = [(adapters[key], scale) for key, scale in CASES["kohya-and-peft"]]
     check(ours(pipe, latents), reference(reference_folder, loras, latents), base_image)

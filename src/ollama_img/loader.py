@@ -9,6 +9,7 @@ from pathlib import Path
 from ollama_img.adapters import resolve as resolve_adapters
 from ollama_img.backend import require_mlx
 from ollama_img.errors import UserError
+from ollama_img.model_defaults import with_model_defaults
 from ollama_img.models import architecture_for
 from ollama_img.phases import phase
 from ollama_img.weights import open_source
@@ -26,6 +27,10 @@ def load_pipeline(
     lora_strategy=None,
 ):
     """Load from the store (a model name) or from a diffusers model folder (a directory path).
+
+    A model made by a Modelfile has its PARAMETERs as the pipeline's defaults (`pipe.defaults`, and
+    what `generate` uses for the options it is not given): a request's values, then the model's, then
+    the family's.
 
     `loras`: LoRA adapters to apply, `[(path_or_digest, scale), ...]`: a safetensors file, or the
     `sha256:...` digest of an adapter in the store; each is checked against the model first (a
@@ -82,17 +87,13 @@ def _load(source, dtype, budget, planner, plan, loras=None, lora_strategy=None):
     elif adapters:
         raise UserError(f"{source.label}: {arch.family} models do not take LoRA adapters yet")
     with phase("build"):  # what the loader does not mark as read or eval
-        return module.load(source, dtype=dtype, **extra)
+        pipe = module.load(source, dtype=dtype, **extra)
+    manifest = getattr(source, "manifest", None)  # a store model's; a folder has no Modelfile
+    return with_model_defaults(pipe, manifest.config.params) if manifest is not None else pipe
 
 
 def stored_adapters(source) -> list[tuple[str, float]]:
-    """A store model's own adapters (its config record's, from a Modelfile's ADAPTER lines), as
-    (digest, scale); none for a folder or a record without them."""
-    config = getattr(getattr(source, "manifest", None), "config", None)
-    pairs = []
-    for item in getattr(config, "adapters", None) or ():
-        if isinstance(item, dict):
-            pairs.append((item["digest"], item.get("scale", 1.0)))
-        else:
-            pairs.append((item.digest, item.scale))
-    return pairs
+    """A store model's own adapters (its config record's, from a Modelfile's ADAPTER lines) as (digest,
+    scale), in the order they apply; none for a folder."""
+    manifest = getattr(source, "manifest", None)
+    return [(record.digest, record.scale) for record in manifest.config.adapters] if manifest else []

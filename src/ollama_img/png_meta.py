@@ -26,7 +26,7 @@ class Recipe:
     """How one image was made."""
 
     prompt: str
-    negative_prompt: str | None
+    negative_prompt: str | None  # None: the model takes no negative prompt ("": it takes one, none was given)
     seed: int
     steps: int
     guidance: float | None  # None: the model takes no guidance scale
@@ -43,7 +43,6 @@ class Recipe:
     def text_chunks(self) -> dict[str, str]:
         chunks = {
             "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt or "",
             "seed": str(self.seed),
             "steps": str(self.steps),
             "size": f"{self.width}x{self.height}",
@@ -52,6 +51,8 @@ class Recipe:
             "version": __version__,
             "Software": SOFTWARE,
         }
+        if self.negative_prompt is not None:
+            chunks["negative_prompt"] = self.negative_prompt
         if self.guidance is not None:
             chunks["guidance"] = repr(float(self.guidance))
         if self.teacache is not None:

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     import mlx.core as mx
 
     from ollama_img.memory.profile import Stored
-    from ollama_img.models.interface import Capabilities
     from ollama_img.store import Manifest, Store
 
 
@@ -42,7 +41,6 @@ class ComponentWeights:
 class WeightSource(Protocol):
     label: str  # what to call the model in messages: a store name or a folder path
     digest: str | None  # the manifest digest for a store model, None for a folder
-    capabilities: Capabilities | None  # what the store records the model can do; None for a folder
 
     def read_json(self, relpath: str) -> dict: ...
 
@@ -65,7 +63,6 @@ class FolderSource:
         self.root = Path(root).expanduser().resolve()
         self.label = str(self.root)
         self.digest = None
-        self.capabilities = None
         self._holds: dict[str, dict[str, Path]] = {}  # component -> tensor name -> its file, once read
         if not (self.root / "model_index.json").is_file():
             raise UserError(f"{self.root} is not a model folder: model_index.json is missing")
@@ -142,7 +139,6 @@ class StoreSource:
         check_before_loading(store, self.manifest)  # a damaged blob must never make an image
         self.label = str(self.manifest.name)
         self.digest = self.manifest.digest
-        self.capabilities = self.manifest.config.capabilities
         self._layers = {layer.name: layer for layer in self.manifest.layers}
 
     def read_text(self, relpath: str) -> str | None:

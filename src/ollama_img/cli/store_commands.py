@@ -30,8 +30,12 @@ if TYPE_CHECKING:
 @app.command()
 def create(
     name: str = typer.Argument(..., help="Model name: [host/][namespace/]model[:tag]."),
-    folder: Path = typer.Option(
-        None, "-f", "--file", help="The diffusers model folder to import (default: the current folder)."
+    file: Path = typer.Option(
+        None,
+        "-f",
+        "--file",
+        help="A Modelfile, or a diffusers model folder to import (a folder holding a file named Modelfile: "
+        "that Modelfile). Default: the current folder.",
     ),
     source_model: str = typer.Option(
         None, "--from", help="Make NAME from a model already in the store (with --quantize)."
@@ -44,22 +48,74 @@ def create(
         "int4, nvfp4 or mxfp4.",
     ),
 ):
-    """Import a diffusers model folder into the store under NAME (or quantize a stored model)."""
-    from ollama_img.store import Store, import_folder, inspect_folder, plan_from_model
+    """Import a diffusers model folder into the store under NAME, build one from a Modelfile, or quantize a
+    stored model."""
+    from ollama_img.store import Store
 
     model = ModelName.parse(name)
     quant = parse_quant_type(quantize) if quantize is not None else None
     store = Store()
     if source_model is not None:
-        if folder is not None:
+        if file is not None:
             raise UserError("give either -f FOLDER or --from MODEL, not both")
         if quant is None:
             raise UserError(
                 "--from needs --quantize TYPE (to give a model a second name, use 'ollama-img cp')"
             )
-        plan = plan_from_model(store, ModelName.parse(source_model))
+        plan, additions = _from_stored(store, ModelName.parse(source_model))
     else:
-        plan = inspect_folder(folder if folder is not None else Path.cwd())
+        source = file if file is not None else Path.cwd()
+        modelfile = _modelfile_at(source)
+        if modelfile is not None:
+            _create_from_modelfile(store, model, modelfile, quant)
+            return
+        from ollama_img.store import inspect_folder
+
+        plan, additions = inspect_folder(source), None
+    _import(store, model, plan, quant, additions)
+
+
+def _modelfile_at(source: Path) -> Path | None:
+    """The Modelfile `-f` names: the file itself, or a folder's `Modelfile`; None for a model folder."""
+    from ollama_img.modelfile import FILE_NAME
+
+    source = source.expanduser()
+    if not source.exists():
+        raise UserError(f"{source} does not exist: -f takes a Modelfile or a model folder")
+    if source.is_dir():
+        inside = source / FILE_NAME
+        return inside if inside.is_file() else None
+    return source
+
+
+def _from_stored(store, source: ModelName):
+    """`create --from`: the stored model's weights to quantize, and what it adds to them, carried over."""
+    from ollama_img.store import plan_from_model
+    from ollama_img.store.additions import Additions, inherited
+
+    plan = plan_from_model(store, source)
+    manifest = store.manifest(source)
+    kept = inherited(store, manifest)
+    additions = Additions(kept.adapters, kept.params, kept.licenses, base=manifest.config.base)
+    return plan, additions if additions != Additions() else None
+
+
+def _create_from_modelfile(store, model: ModelName, path: Path, quant) -> None:
+    from ollama_img.modelfile import read_modelfile
+    from ollama_img.store.from_modelfile import derive, prepare
+
+    recipe = prepare(store, read_modelfile(path), quantize=quant is not None)
+    if recipe.plan is not None:
+        _import(store, model, recipe.plan, quant, recipe.additions)
+        return
+    started = time.monotonic()
+    result = derive(store, model, recipe.base, recipe.additions)
+    _print_created(result, time.monotonic() - started)
+
+
+def _import(store, model: ModelName, plan, quant, additions) -> None:
+    from ollama_img.store import import_folder
+
     if quant is not None:
         from ollama_img.backend import require_mlx
 
@@ -73,12 +129,21 @@ def create(
     with TransferDisplay(header) as display:
         phase = "quantizing" if quant else "importing"
         display.start(phase, plan.tensor_bytes, plan.tensor_count, unit="tensors", announce=False)
-        result = import_folder(store, model, plan, progress=display.import_callback(), quantize=quant)
-    elapsed = time.monotonic() - started
+        result = import_folder(
+            store, model, plan, progress=display.import_callback(), quantize=quant, additions=additions
+        )
+    _print_created(result, time.monotonic() - started)
+
+
+def _print_created(result, elapsed: float) -> None:
     freed = f"; freed {human_bytes(result.bytes_freed)} the replaced model used" if result.bytes_freed else ""
+    config = result.manifest.config
+    extras = [f"{len(config.adapters)} adapter(s)"] if config.adapters else []
+    extras += [f"{len(config.params)} parameter(s)"] if config.params else []
     print(
-        f"created '{result.name}' in {elapsed:.1f}s: {result.tensors} tensors, {human_bytes(result.bytes)}, "
-        f"{result.new_blobs} new blobs, {result.reused_blobs} reused blobs{freed}"
+        f"created '{result.name}' in {elapsed:.1f}s: {result.tensors} tensors, "
+        + "".join(f"{extra}, " for extra in extras)
+        + f"{human_bytes(result.bytes)}, {result.new_blobs} new blobs, {result.reused_blobs} reused blobs{freed}"
     )
 
 
@@ -115,18 +180,29 @@ def _missing_summary(missing) -> str:
 def show(
     name: str = typer.Argument(..., help="Model name."),
     as_json: bool = typer.Option(False, "--json", help="Print the model's description as JSON."),
+    as_modelfile: bool = typer.Option(
+        False, "--modelfile", help="Print a Modelfile that recreates the model (create -f)."
+    ),
 ):
-    """Show a model's architecture, parameters, quantization, capabilities, memory and components."""
+    """Show a model's architecture, parameters, quantization, capabilities, memory, components, adapters
+    and default parameters."""
     from ollama_img.engine.catalog import memory_report
     from ollama_img.store import Store
+    from ollama_img.store.additions import licenses_of
     from ollama_img.store.verify import missing_blobs
 
     model = ModelName.parse(name)
     store = Store()
     manifest = store.manifest(model)
+    if as_modelfile:
+        from ollama_img.store.from_modelfile import modelfile_of
+
+        print(modelfile_of(store, manifest), end="")
+        return
     modified = store.modified(model)
     config = manifest.config
     missing = missing_blobs(store, manifest)
+    licenses = licenses_of(store, manifest, strict=False)
     if as_json:
         doc = {
             "name": str(model),
@@ -137,6 +213,9 @@ def show(
             "layers": len(manifest.layers),
             "config": config.to_json(),
             "memory": memory_report(store, str(model)),
+            "parameters": dict(config.params),
+            "adapters": [adapter.to_json() for adapter in config.adapters],
+            "license": list(licenses),
             "damaged_layers": [{"name": p.layer, "digest": p.digest, "problem": p.problem} for p in missing],
         }
         print(json.dumps(doc, indent=2))
@@ -190,6 +269,39 @@ def show(
     ]
     if rows:
         print(_indent(table(rows), 4))
+    _print_additions(config, licenses)
+
+
+def _print_additions(config, licenses: tuple[str, ...]) -> None:
+    """What a Modelfile added: adapters (name, short digest, scale), parameters and the license."""
+    from ollama_img.modelfile import parameters_text
+
+    if config.adapters:
+        print()
+        print("  Adapters")
+        rows = [
+            [a.name or "-", a.digest.removeprefix("sha256:")[:12], f"scale {a.scale:g}"]
+            for a in config.adapters
+        ]
+        print(_indent(table(rows), 4))
+    if config.params:
+        print()
+        print("  Parameters")
+        print(
+            _indent(
+                _wrapped_table(
+                    [tuple(line.split(" ", 1)) for line in parameters_text(config.params).splitlines()]
+                ),
+                4,
+            )
+        )
+    if licenses:
+        print()
+        print("  License")
+        for text in licenses:
+            lines = text.strip().splitlines() or [""]
+            more = f" ({len(lines)} lines; show --modelfile prints it whole)" if len(lines) > 2 else ""
+            print(_indent("\n".join(lines[:2]) + more, 4))
 
 
 def _quantization_rows(record: QuantizationRecord | None) -> tuple[str, list[tuple[str, str]]]:

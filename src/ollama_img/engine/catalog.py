@@ -32,10 +32,11 @@ def resolve(name: str) -> str | None:
     return _store().manifest(name).digest
 
 
-def lookup(name: str) -> tuple[str, Capabilities | None]:
-    """The manifest digest of a model and what its record says it can do, or NotFound (404)."""
+def lookup(name: str) -> tuple[str, Capabilities | None, dict[str, object]]:
+    """The manifest digest of a model, what its record says it can do, and its PARAMETERs (a
+    Modelfile's defaults for what a request leaves out); NotFound (404) without one."""
     manifest = _store().manifest(name)
-    return manifest.digest, manifest.config.capabilities
+    return manifest.digest, manifest.config.capabilities, dict(manifest.config.params)
 
 
 def check_adapters(name: str, loras) -> None:
@@ -89,15 +90,26 @@ def tags() -> list[dict]:
 
 
 def show(name: str) -> dict:
-    """What /api/show answers: the model's details, its config, its memory needs, and its layers."""
+    """What /api/show answers: the model's details, its config, its memory needs, and its layers; as
+    ollama's, its `parameters` as text (`name value` a line), its `license` and its `modelfile`; and
+    its `adapters` (name, digest, scale)."""
+    from ollama_img.modelfile import parameters_text
+    from ollama_img.store.additions import licenses_of
+    from ollama_img.store.from_modelfile import modelfile_of
+
     store = _store()
     manifest = store.manifest(name)
+    config = manifest.config
     return {
         "name": canonical(name),
         "digest": manifest.digest,
         "size": manifest.total_size,
-        "details": _details(manifest.config),
-        "model_info": manifest.config.to_json(),
+        "details": _details(config),
+        "model_info": config.to_json(),
+        "parameters": parameters_text(config.params),
+        "adapters": [adapter.to_json() for adapter in config.adapters],
+        "license": "\n".join(licenses_of(store, manifest, strict=False)),
+        "modelfile": modelfile_of(store, manifest),
         "memory": memory_report(store, name),
         "layers": [layer.to_json() for layer in manifest.layers],
     }
@@ -105,7 +117,8 @@ def show(name: str) -> dict:
 
 def memory_report(store, name: str) -> dict | None:
     """The model's memory needs at its default size (`memory.plan.report`), on the back end installed
-    here, within OLLAMA_IMG_GPU_MEMORY when set; None for a model whose architecture this version lacks."""
+    here, within OLLAMA_IMG_GPU_MEMORY when set; None for a model whose architecture this version lacks
+    or whose blobs are damaged."""
     from ollama_img.errors import UserError
     from ollama_img.memory.budget import user_budget
     from ollama_img.memory.device import installed_device_kind
@@ -113,8 +126,8 @@ def memory_report(store, name: str) -> dict | None:
     from ollama_img.models import architecture_for
     from ollama_img.weights import StoreSource
 
-    source = StoreSource(store, name)
-    try:
+    try:  # a damaged model (a missing blob) has no estimate: `show` names the damage instead
+        source = StoreSource(store, name)
         architecture = architecture_for(source.read_json("model_index.json").get("_class_name"))
         profile = architecture.memory_of(source)
     except (UserError, KeyError, TypeError, ValueError):

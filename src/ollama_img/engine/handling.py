@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from ollama_img.engine import catalog
 from ollama_img.engine.jobs import Event, Job
-from ollama_img.engine.params import GenerateParams, parse_json_object
+from ollama_img.engine.params import GenerateParams, parse_json_object, with_model_params
 from ollama_img.engine.scheduler import Scheduler
 from ollama_img.errors import UserError
 from ollama_img.options import Option, api_name
@@ -94,11 +94,13 @@ async def submit(
     request: Request, params: GenerateParams, name: Callable[[Option], str] = api_name
 ) -> tuple[Scheduler, Job]:
     """Check the model exists (404 otherwise) and can do what is asked (400, naming the option or
-    size it cannot, as `name` spells it), that its adapters are in the store and fit it (400), decode
-    the images it sent (400 for a damaged one), then queue it."""
+    size it cannot, as `name` spells it), fill in its PARAMETERs for what the request leaves out,
+    check that its adapters are in the store and fit it (400), decode the images it sent (400 for a
+    damaged one), then queue it."""
     scheduler: Scheduler = request.app.state.scheduler
-    digest, capabilities = await run_in_threadpool(catalog.lookup, params.model)
-    scheduler.check(params, capabilities, name)
+    digest, capabilities, model_params = await run_in_threadpool(catalog.lookup, params.model)
+    scheduler.check(params, capabilities, name)  # what the request itself asks, named as it spelled it
+    params = with_model_params(params, model_params)
     if params.loras:
         await run_in_threadpool(catalog.check_adapters, params.model, params.loras)
     if params.images:

@@ -38,6 +38,10 @@ def default_host() -> tuple[str, int]:
     return parse_host(os.environ.get(HOST_ENV))
 
 
+# uvicorn's own default; it listens again with it when it starts serving the socket
+LISTEN_BACKLOG = 2048
+
+
 def bind_tcp(host: str, port: int) -> socket.socket:
     """A listening TCP socket, or one clear line saying why not (port taken, unknown host)."""
     try:
@@ -59,6 +63,7 @@ def bind_tcp(host: str, port: int) -> socket.socket:
                 f"there?); choose another with --host or {HOST_ENV}"
             ) from None
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(LISTEN_BACKLOG)  # connections queue from now on, before the server's loop takes them
     sock.setblocking(False)
     return sock
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ollama_img.engine.limits import bounded_text, check_pixels, parse_json_body
 from ollama_img.errors import UserError
 from ollama_img.image_input import InputImage
+from ollama_img.modelfile import PARAMETERS
 from ollama_img.names import ModelName
 from ollama_img.options import (
     HEIGHT,
@@ -21,6 +22,7 @@ from ollama_img.options import (
     NEGATIVE_PROMPT,
     OPTIONS,
     SEED,
+    STRENGTH,
     WIDTH,
     Option,
     api_name,
@@ -139,3 +141,29 @@ def generate_params(
     values["negative_prompt"] = bounded_text(values["negative_prompt"], name(NEGATIVE_PROMPT)) or None
     check_inputs(values, name)
     return GenerateParams(model=model, prompt=prompt, **values)
+
+
+def with_model_params(params: GenerateParams, model_params: dict[str, object]) -> GenerateParams:
+    """The request with its model's PARAMETERs (a Modelfile's) for the options it leaves out: the
+    request's own values win, the model's come next, the family's defaults last (the pipeline's).
+
+    A default size is a default: a request with images gets the size they imply, as without a
+    Modelfile; a default strength only applies to a request with an image. Each value is checked as a
+    request's is (a model pulled from a registry is not trusted), unknown names are ignored (a later
+    version's)."""
+    values = {}
+    sent_images = bool(params.images)
+    for field, value in model_params.items():
+        option = PARAMETERS.get(field)
+        if option is None or getattr(params, field) is not None:
+            continue
+        if (option in (WIDTH, HEIGHT) and sent_images) or (option is STRENGTH and not sent_images):
+            continue
+        name = f"the model's parameter '{field}'"
+        values[field] = option.read(value, name)
+        if option is NEGATIVE_PROMPT:
+            values[field] = bounded_text(values[field], name)
+    seed = values.get(SEED.field)
+    if seed is not None and seed > MAX_SEED - (params.n - 1):
+        raise UserError(f"the model's seed {seed} leaves no room for {params.n} images: send 'seed'")
+    return dataclasses.replace(params, **values) if values else params

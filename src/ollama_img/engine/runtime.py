@@ -12,6 +12,7 @@ import socket
 import stat
 from pathlib import Path
 
+from ollama_img.engine.listen import LISTEN_BACKLOG
 from ollama_img.errors import UserError
 from ollama_img.paths import log_dir, runtime_dir
 
@@ -126,6 +127,7 @@ class UnixListener:
         finally:
             os.umask(old_umask)
         path.chmod(0o600)
+        sock.listen(LISTEN_BACKLOG)  # a client connecting before the server's loop runs waits, not refused
         sock.setblocking(False)
         info = path.stat()
         self.path, self.sock, self._identity = path, sock, (info.st_dev, info.st_ino)

@@ -532,10 +532,11 @@ class Scheduler:
 
     async def _result(self, job: Job, model: LoadedModel, images, resolved, timings) -> Result:
         params = job.params
+        takes_negative = model.pipe is not None and model.pipe.capabilities.negative_prompt
         recipes = [
             Recipe(
                 prompt=params.prompt,
-                negative_prompt=params.negative_prompt,
+                negative_prompt=(params.negative_prompt or "") if takes_negative else None,
                 seed=seed,
                 steps=resolved["steps"],
                 guidance=resolved["guidance"],

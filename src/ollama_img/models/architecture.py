@@ -49,10 +49,10 @@ class Architecture:
     lora: LoraRule | None = None  # how LoRA adapters map onto its modules; None: it takes none
 
     def capabilities_of(self, source: WeightSource) -> Capabilities:
-        """What a model loaded from `source` can do: what its config files say, narrowed to what the store
-        recorded for it (a store model's record is what the engine checks requests against)."""
-        found = self.capabilities(source.read_json)
-        return found if source.capabilities is None else found.intersection(source.capabilities)
+        """What a model loaded from `source` can do: what this version's code does with its config files.
+        The store's record is not consulted: a model created before a capability was added (or by an
+        older version) gains it with the code, as it would from its folder."""
+        return self.capabilities(source.read_json)
 
     def memory_of(self, source: WeightSource) -> MemoryProfile:
         """The memory profile of a model loaded from `source`, from its configs and stored bytes (no MLX)."""

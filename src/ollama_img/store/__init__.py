@@ -9,7 +9,8 @@ Public API (what the loader, the engine and the CLI use):
     manifest.layer("transformer/config.json")
     manifest.config                          # ModelConfig (store/config.py): architecture, family, format,
                                              #   components, parameter_count, quantization, capabilities,
-                                             #   total_size
+                                             #   total_size; from a Modelfile: base, params, adapters
+    manifest.weight_layers()                 # the layers without a Modelfile's adapter/params/license ones
     manifest.digest, manifest.id             # "sha256:<hex>" of the manifest bytes; its first 12 hex digits
     manifest.name                            # the ModelName it was read under
     manifest.total_size                      # bytes of every blob it uses (what `list` shows)
@@ -23,6 +24,10 @@ Public API (what the loader, the engine and the CLI use):
     plan = plan_from_model(store, name)      # the same from a stored model (`create --from`)
     result = import_folder(store, name, plan, progress=callback, quantize=None)   # ImportResult
                                              # quantize: a QuantType (ollama_img.quantization)
+    recipe = from_modelfile.prepare(store, read_modelfile(path))   # `create -f Modelfile` (store/from_modelfile.py):
+                                             # recipe.plan to import_folder(..., additions=recipe.additions),
+                                             # else from_modelfile.derive(store, name, recipe.base, recipe.additions)
+    write_file_blob(store.blobs_dir, path)   # a file stored as it is (an adapter): WrittenBlob
 
 A tensor layer's blob is a safetensors file holding one tensor named `data` (`PLAIN_TENSOR_NAME`).
 Blob files have no extension, so load them with the format named:
@@ -44,12 +49,16 @@ _HOMES = {
     "PLAIN_TENSOR_NAME": "blobs",
     "WrittenBlob": "blobs",
     "write_bytes_blob": "blobs",
+    "write_file_blob": "blobs",
     "write_tensor_blob": "blobs",
     "ImportPlan": "folder",
     "inspect_folder": "folder",
     "plan_from_model": "from_model",
     "ImportResult": "importer",
     "import_folder": "importer",
+    "ADAPTER_MEDIA_TYPE": "manifest",
+    "LICENSE_MEDIA_TYPE": "manifest",
+    "PARAMS_MEDIA_TYPE": "manifest",
     "JSON_MEDIA_TYPE": "manifest",
     "TENSOR_MEDIA_TYPE": "manifest",
     "TEXT_MEDIA_TYPE": "manifest",
@@ -62,12 +71,21 @@ _HOMES = {
 }
 
 if TYPE_CHECKING:
-    from ollama_img.store.blobs import PLAIN_TENSOR_NAME, WrittenBlob, write_bytes_blob, write_tensor_blob
+    from ollama_img.store.blobs import (
+        PLAIN_TENSOR_NAME,
+        WrittenBlob,
+        write_bytes_blob,
+        write_file_blob,
+        write_tensor_blob,
+    )
     from ollama_img.store.folder import ImportPlan, inspect_folder
     from ollama_img.store.from_model import plan_from_model
     from ollama_img.store.importer import ImportResult, import_folder
     from ollama_img.store.manifest import (
+        ADAPTER_MEDIA_TYPE,
         JSON_MEDIA_TYPE,
+        LICENSE_MEDIA_TYPE,
+        PARAMS_MEDIA_TYPE,
         TENSOR_MEDIA_TYPE,
         TEXT_MEDIA_TYPE,
         Layer,
@@ -87,7 +105,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ADAPTER_MEDIA_TYPE",
     "JSON_MEDIA_TYPE",
+    "LICENSE_MEDIA_TYPE",
+    "PARAMS_MEDIA_TYPE",
     "PLAIN_TENSOR_NAME",
     "TENSOR_MEDIA_TYPE",
     "TEXT_MEDIA_TYPE",
@@ -104,5 +125,6 @@ __all__ = [
     "inspect_folder",
     "plan_from_model",
     "write_bytes_blob",
+    "write_file_blob",
     "write_tensor_blob",
 ]

@@ -21,7 +21,10 @@ def put_adapter(store: Store, path: Path | str) -> WrittenBlob:
     if not path.is_file():
         raise UserError(f"adapter {path}: no such file")
     with store.writing():
-        return write_file_blob(store.blobs_dir, path)
+        try:
+            return write_file_blob(store.blobs_dir, path)
+        except OSError as exc:  # reading it: writing the store raises UserErrors of its own
+            raise UserError(f"cannot read adapter {path}: {exc.strerror or exc}") from None
 
 
 def adapter_blob(store: Store, digest: str) -> Path:

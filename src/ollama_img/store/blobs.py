@@ -160,14 +160,14 @@ def write_bytes_blob(blobs_dir: Path, data: bytes) -> WrittenBlob:
         return writer.commit()
 
 
-def write_file_blob(blobs_dir: Path, path: Path, chunk_size: int = 8 << 20) -> WrittenBlob:
-    """Store a file's bytes as they are (an adapter), streamed in chunks and hashed while written."""
-    try:
-        source = open(path, "rb")  # noqa: SIM115 (closed below, after the writer)
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with source, BlobWriter(blobs_dir) as writer:
-        while chunk := source.read(chunk_size):
+FILE_CHUNK = 8 * 1024 * 1024
+
+
+def write_file_blob(blobs_dir: Path, path: Path) -> WrittenBlob:
+    """Store a file's bytes as they are (a LoRA adapter), streamed in 8 MiB chunks: a large file is
+    never held in memory whole. OSErrors reading `path` propagate (the caller names the file)."""
+    with BlobWriter(blobs_dir) as writer, open(path, "rb", buffering=0) as source:
+        while chunk := source.read(FILE_CHUNK):
             writer.write(chunk)
         return writer.commit()
 

@@ -9,22 +9,33 @@
      "group_size": 32, "rule": "...", "tensors": {"transformer": 240, ...}},
      "image_capabilities": {"sizes": {"unit": 16, "max_width": 8192, "max_height": 8192},
                             "guidance": true, ...},
-     "total_size": ...}
+     "total_size": ...,
+     # only in a model made by a Modelfile (`create -f Modelfile`), each left out when empty:
+     "base": "z-image:latest",
+     "params": {"steps": 4, "negative_prompt": "blurry"},
+     "adapters": [{"digest": "sha256:...", "scale": 0.8, "name": "style.safetensors"}]}
+
+`base` is the store model it was made from (FROM), `params` its PARAMETERs (each an option of the
+options table, `ollama_img.options`, as the API names it), `adapters` its LoRA adapters in the order
+they apply, each the digest of its adapter layer (the file as it came), its scale and its file name.
 
 The capabilities' key is `image_capabilities`: ollama's own config blobs (ConfigV2, which registries
 also carry) use `capabilities` for a list of words such as ["image"].
 
 Reading is tolerant the way a store must be across versions: any field may be missing or null (blobs
 of older versions lack some), keys a reader does not know are ignored, and a present field of the
-wrong type is a ValueError that says which. Blobs written before capabilities were recorded get them
-derived from the family's declaration when the store reads the manifest (`with_capabilities`). Fields a later
-version adds (a Modelfile's PARAMETERs, adapters) go here the same way: with a default that reads
-older blobs as having none.
+wrong type is a ValueError that says which. The recorded capabilities are what the creating version
+could do: the store replaces them with what this version's code derives from the family and the config
+files when it reads the manifest (`with_capabilities`). The Modelfile's fields were added the way any
+later field is: a blob without them reads as having none, and a model without them writes none, so
+its config blob is the one an older version wrote.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from ollama_img.models.interface import Capabilities
@@ -104,6 +115,31 @@ class QuantizationRecord:
 
 
 @dataclass(frozen=True)
+class AdapterRecord:
+    """One LoRA adapter of a model: its layer's digest, the scale it applies with, its file's name."""
+
+    digest: str
+    scale: float = 1.0
+    name: str | None = None
+
+    def to_json(self) -> dict:
+        return {"digest": self.digest, "scale": self.scale, "name": self.name}
+
+    @classmethod
+    def from_json(cls, obj) -> AdapterRecord:
+        from ollama_img.store.blobs import is_digest
+
+        if not isinstance(obj, dict) or not is_digest(obj.get("digest")):
+            raise ValueError(f"has adapter {obj!r}, not an object with a sha256 digest")
+        scale, name = obj.get("scale", 1.0), obj.get("name")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+            raise ValueError(f"has adapter scale {scale!r}, not a finite number")
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"has adapter name {name!r}, not a string")
+        return cls(obj["digest"], float(scale), name)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     architecture: str | None = None  # model_index.json `_class_name`
     family: str | None = None
@@ -113,9 +149,12 @@ class ModelConfig:
     quantization: QuantizationRecord | None = None  # None: stored as released
     capabilities: Capabilities | None = None  # None: unknown (an architecture this version lacks)
     total_size: int | None = None  # bytes of every layer blob
+    base: str | None = None  # the store model a Modelfile made it FROM
+    params: dict[str, object] = field(default_factory=dict)  # its PARAMETERs: option field -> value
+    adapters: tuple[AdapterRecord, ...] = ()  # its LoRA adapters, in order
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "architecture": self.architecture,
             "family": self.family,
             "format": self.format,
@@ -125,6 +164,18 @@ class ModelConfig:
             CAPABILITIES_KEY: None if self.capabilities is None else self.capabilities.to_json(),
             "total_size": self.total_size,
         }
+        if self.base is not None:
+            out["base"] = self.base
+        if self.params:
+            out["params"] = dict(self.params)
+        if self.adapters:
+            out["adapters"] = [adapter.to_json() for adapter in self.adapters]
+        return out
+
+    def weights_only(self) -> ModelConfig:
+        """The record of the weights as imported, without what a Modelfile added (and without the total
+        size, which counts those layers too)."""
+        return dataclasses.replace(self, total_size=None, base=None, params={}, adapters=())
 
     def encode(self) -> bytes:
         """The blob's bytes."""
@@ -141,6 +192,16 @@ class ModelConfig:
         for key in ("parameter_count", "total_size"):
             if obj.get(key) is not None and not _is_count(obj[key]):
                 raise ValueError(f"has {key} {obj[key]!r}, not a count")
+        if obj.get("base") is not None and not isinstance(obj["base"], str):
+            raise ValueError(f"has base {obj['base']!r}, not a string")
+        params = obj.get("params") or {}
+        if not isinstance(params, dict) or not all(
+            isinstance(v, str | int | float) and not isinstance(v, bool) for v in params.values()
+        ):
+            raise ValueError(f"has params {params!r}, not an object of numbers and strings")
+        adapters = obj.get("adapters") or []
+        if not isinstance(adapters, list):
+            raise ValueError(f"has adapters {adapters!r}, not a list")
         components = obj.get("components") or {}
         if not isinstance(components, dict):
             raise ValueError(f"has components {components!r}, not an object")
@@ -159,6 +220,9 @@ class ModelConfig:
             quantization=QuantizationRecord.from_json(quantization) if quantization else None,
             capabilities=capabilities,
             total_size=obj.get("total_size"),
+            base=obj.get("base"),
+            params=dict(params),
+            adapters=tuple(AdapterRecord.from_json(a) for a in adapters),
         )
 
 

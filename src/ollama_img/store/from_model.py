@@ -32,7 +32,7 @@ def plan_from_model(store: Store, name: ModelName | str) -> ImportPlan:
     architecture = architecture_for(config.architecture)
     check_before_loading(store, manifest)  # its blobs are reused or read: they must be what they claim
     label = f"model '{manifest.name}'"
-    top_level = manifest.component_layers("")
+    top_level = [layer for layer in manifest.component_layers("") if not layer.from_modelfile]
     if not any(layer.name == MODEL_INDEX for layer in top_level):
         raise UserError(f"{label} is damaged: it has no {MODEL_INDEX}; re-create the model")
     components = []

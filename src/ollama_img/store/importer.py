@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
 from ollama_img.quantization import QuantRule, QuantType, quantize_weight
+from ollama_img.store.additions import Additions, with_additions, write_additions
 from ollama_img.store.blobs import (
     PLAIN_TENSOR_NAME,
     BlobRef,
@@ -66,11 +67,13 @@ def import_folder(
     progress: ProgressCallback | None = None,
     hash_in_thread: bool = True,
     quantize: QuantType | None = None,
+    additions: Additions | None = None,
 ) -> ImportResult:
     """Store everything `plan` lists under `name` (an existing model of that name is replaced).
 
     With `quantize`, the weights the architecture's rule selects are quantized on the way, one tensor
-    in memory at a time.
+    in memory at a time. `additions` (a Modelfile's adapters, parameters, license) are stored after the
+    weights, before the manifest.
     """
     name = name if isinstance(name, ModelName) else ModelName.parse(name)
     report = progress or (lambda _bytes, _tensors: None)
@@ -92,6 +95,12 @@ def import_folder(
             if executor is not None:
                 executor.shutdown()
         record = _config(plan, layers, quantizer)
+        if additions is not None:
+            added, new = write_additions(store, additions)
+            tally.new += new
+            tally.reused += len(added) - new
+            layers += added
+            record = with_additions(record, additions, layers)
         config = tally.count(write_bytes_blob(store.blobs_dir, record.encode()))
         fsync_dir(store.blobs_dir)
         raw = encode_manifest(layers, config.digest, config.size)

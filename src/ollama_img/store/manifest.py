@@ -6,7 +6,11 @@
      "layers": [{"mediaType": "application/vnd.ollama.image.tensor", "digest": "sha256:...", "size": ...,
                  "name": "transformer/layers.0.attention.to_q.weight", "dtype": "BF16", "shape": [3840, 3840]},
                 {"mediaType": "application/vnd.ollama.image.json", "digest": ..., "size": ...,
-                 "name": "transformer/config.json"}, ...]}
+                 "name": "transformer/config.json"}, ...,
+                # a model made by a Modelfile (`ollama_img.store.additions`) also has, after those:
+                {"mediaType": "application/vnd.ollama.image.adapter", "name": "adapters/style.safetensors", ...},
+                {"mediaType": "application/vnd.ollama.image.params", "name": "params", ...},
+                {"mediaType": "application/vnd.ollama.image.license", "name": "license", ...}]}
 
 A layer's name is `<component>/<tensor name as in the checkpoint>` or the file's path in the model
 folder. The config blob (JSON) describes the model: `ollama_img.store.config.ModelConfig`.
@@ -30,7 +34,12 @@ CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
 TENSOR_MEDIA_TYPE = "application/vnd.ollama.image.tensor"
 JSON_MEDIA_TYPE = "application/vnd.ollama.image.json"
 TEXT_MEDIA_TYPE = "application/vnd.ollama.image.text"
-ADAPTER_MEDIA_TYPE = "application/vnd.ollama.image.adapter"  # a LoRA adapter's safetensors file, as it is
+# What a Modelfile adds to a model's weights, in ollama's own media types: a LoRA adapter (its safetensors
+# file as it came), the PARAMETERs (a JSON object) and a LICENSE (text).
+ADAPTER_MEDIA_TYPE = "application/vnd.ollama.image.adapter"
+PARAMS_MEDIA_TYPE = "application/vnd.ollama.image.params"
+LICENSE_MEDIA_TYPE = "application/vnd.ollama.image.license"
+MODELFILE_MEDIA_TYPES = frozenset({ADAPTER_MEDIA_TYPE, PARAMS_MEDIA_TYPE, LICENSE_MEDIA_TYPE})
 
 
 def media_type_for_file(file_name: str) -> str:
@@ -52,6 +61,11 @@ class Layer:
     @property
     def is_tensor(self) -> bool:
         return self.media_type == TENSOR_MEDIA_TYPE
+
+    @property
+    def from_modelfile(self) -> bool:
+        """An adapter, params or license layer: what a Modelfile added to the weights and files."""
+        return self.media_type in MODELFILE_MEDIA_TYPES
 
     @property
     def component(self) -> str:
@@ -130,6 +144,13 @@ class Manifest:
         """The layers of one component folder, in checkpoint order."""
         return [layer for layer in self.layers if layer.component == component]
 
+    def weight_layers(self) -> tuple[Layer, ...]:
+        """The layers of the model as imported: its tensors and files, without what a Modelfile added."""
+        return tuple(layer for layer in self.layers if not layer.from_modelfile)
+
+    def layers_of_type(self, media_type: str) -> tuple[Layer, ...]:
+        return tuple(layer for layer in self.layers if layer.media_type == media_type)
+
     def digests(self) -> set[str]:
         return {self.config_digest} | {layer.digest for layer in self.layers}
 
@@ -191,12 +212,13 @@ def _is_count(value) -> bool:
 
 
 def with_capabilities(manifest: Manifest, read_blob: Callable[[str], bytes]) -> Manifest:
-    """The manifest of a model an older version recorded without capabilities, with them derived from its
-    family and its stored config files (`read_blob(digest)` gives a blob's bytes); others unchanged, and
-    unchanged too when this version does not know the family or the files do not say."""
+    """The manifest with the capabilities this version's code gives the model, derived from its family and
+    its stored config files (`read_blob(digest)` gives a blob's bytes), whatever the record says: the
+    record is what the creating version could do, and a newer version can do more (or, fixed, less).
+    Unchanged when this version does not know the family or the files do not say."""
     config = manifest.config
     architecture = ARCHITECTURES.get(config.architecture)
-    if config.capabilities is not None or architecture is None:
+    if architecture is None:
         return manifest
     files = {layer.name: layer.digest for layer in manifest.layers if not layer.is_tensor}
 

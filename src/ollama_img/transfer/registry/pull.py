@@ -24,7 +24,7 @@ from ollama_img.models import architecture_for
 from ollama_img.names import ModelName
 from ollama_img.store import Manifest, Store
 from ollama_img.store.blobs import PLAIN_TENSOR_NAME, blob_intact, fsync_dir, write_bytes_blob
-from ollama_img.store.manifest import decode_manifest
+from ollama_img.store.manifest import ADAPTER_MEDIA_TYPE, decode_manifest
 from ollama_img.store.source import read_header
 from ollama_img.transfer.progress import NoProgress, TransferProgress
 from ollama_img.transfer.registry import ollama_format
@@ -116,8 +116,13 @@ def _check_native(remote: RemoteManifest, config_bytes: bytes, name: ModelName) 
 
 
 def check_tensor_blobs(store: Store, manifest: Manifest) -> None:
-    """Each tensor blob is a safetensors file holding what its layer says (a registry is not trusted)."""
+    """Each tensor blob is a safetensors file holding what its layer says, and each adapter blob a
+    safetensors file (a registry is not trusted)."""
     for layer in manifest.layers:
+        if layer.media_type == ADAPTER_MEDIA_TYPE:
+            read_header(
+                store.blob_path(layer.digest), f"adapter {layer.name} of '{manifest.name}' on the registry"
+            )
         if not layer.is_tensor:
             continue
         where = f"the blob of {layer.name} in '{manifest.name}'"
