@@ -130,7 +130,9 @@ def merge(layer: nn.Module, down: mx.array, up: mx.array) -> None:
     if isinstance(layer, nn.QuantizedLinear):
         params = {"group_size": layer.group_size, "bits": layer.bits, "mode": layer.mode}
         weight = mx.dequantize(layer.weight, layer.scales, layer.get("biases"), **params, dtype=mx.float32)
-        packed = _quantize(weight + delta, params)
+        # quantized from the logical dtype, so that scales and offsets keep theirs (bf16 for affine)
+        logical = layer.scales.dtype if mx.issubdtype(layer.scales.dtype, mx.floating) else mx.bfloat16
+        packed = _quantize((weight + delta).astype(logical), params)
         layer.weight, layer.scales = packed[0], packed[1]
         if len(packed) > 2:
             layer.biases = packed[2]
