@@ -75,7 +75,7 @@ def refusals(http) -> list[tuple[int, str]]:
 
 
 EXPECTED = [(400, f"{KLEIN} does not support '{field}'") for field in LACKING for _ in range(2)]
-FULL_OPTIONS = r"options\s+guidance, negative prompt, start image and strength, mask, TeaCache\n"
+FULL_OPTIONS = r"options\s+guidance, negative prompt, start image and strength, mask, TeaCache, LoRA\n"
 
 
 def test_show_lists_each_profile(world):

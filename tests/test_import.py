@@ -102,7 +102,7 @@ def test_config_blob_describes_the_model(store, tiny_folder):
         "mask": True,
         "reference_images": 0,
         "teacache": True,
-        "lora": False,
+        "lora": True,
     }
     sources = _source_tensors(tiny_folder)
     assert config["parameter_count"] == sum(math.prod(shape) for _, shape, _ in sources.values())

@@ -1,7 +1,8 @@
 """`create -f Modelfile` and the store: adapter, params and license layers, `show` and its round trip,
 parameters as defaults through the engine and `load_pipeline`, garbage collection, crashes, push and pull.
 
-The adapters here are tiny safetensors files; what is in them does not matter to the store.
+The adapters here are tiny safetensors files that fit the tiny transformer (create checks that: see
+tests/test_lora.py); what is in them does not matter to the store.
 """
 
 import base64
@@ -31,14 +32,15 @@ LICENSE = 'MIT License\n\nCopyright "someone"\n'
 
 
 def write_adapter(path, seed: int = 0):
+    """A rank-2 adapter of the tiny transformer's first to_q (dim 64): it fits the base, as create checks."""
     rng = np.random.default_rng(seed)
     save_file(
         {
             "transformer.layers.0.attention.to_q.lora_A.weight": rng.standard_normal(
-                (2, 32), dtype=np.float32
+                (2, 64), dtype=np.float32
             ),
             "transformer.layers.0.attention.to_q.lora_B.weight": rng.standard_normal(
-                (32, 2), dtype=np.float32
+                (64, 2), dtype=np.float32
             ),
         },
         str(path),

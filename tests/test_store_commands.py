@@ -68,7 +68,9 @@ def test_show_text_and_json(store, cli, tiny_folder):
     assert re.search(r"family\s+z-image", text)
     assert re.search(r"quantization\s+none", text)
     assert re.search(r"sizes\s+multiples of 16, up to 8192x8192", text)
-    assert re.search(r"options\s+guidance, negative prompt, start image and strength, mask, TeaCache\n", text)
+    assert re.search(
+        r"options\s+guidance, negative prompt, start image and strength, mask, TeaCache, LoRA\n", text
+    )
     assert re.search(r"transformer\s+ZImageTransformer2DModel\s+706\.1K\s+1\.4 MB\s+BF16", text)
     assert re.search(r"tokenizer\s+Qwen2Tokenizer\s+-\s+36 KB\s+-", text)
     doc = json.loads(cli("show", "z-image", "--json").out)

@@ -6,7 +6,9 @@ import importlib
 import inspect
 from pathlib import Path
 
+from ollama_img.adapters import resolve as resolve_adapters
 from ollama_img.backend import require_mlx
+from ollama_img.errors import UserError
 from ollama_img.model_defaults import with_model_defaults
 from ollama_img.models import architecture_for
 from ollama_img.phases import phase
@@ -14,13 +16,26 @@ from ollama_img.weights import open_source
 
 
 def load_pipeline(
-    name_or_folder: str | Path, *, store=None, dtype=None, budget=None, planner=None, plan=None
+    name_or_folder: str | Path,
+    *,
+    store=None,
+    dtype=None,
+    budget=None,
+    planner=None,
+    plan=None,
+    loras=None,
+    lora_strategy=None,
 ):
     """Load from the store (a model name) or from a diffusers model folder (a directory path).
 
     A model made by a Modelfile has its PARAMETERs as the pipeline's defaults (`pipe.defaults`, and
     what `generate` uses for the options it is not given): a request's values, then the model's, then
     the family's.
+
+    `loras`: LoRA adapters to apply, `[(path_or_digest, scale), ...]`: a safetensors file, or the
+    `sha256:...` digest of an adapter in the store; each is checked against the model first (a
+    UserError names the first key that does not fit). A store model's own adapters (a Modelfile's
+    ADAPTER) come first. `lora_strategy` (`models.lora_layers.STRATEGIES`) forces how they compute.
 
     `dtype` overrides the compute dtype (default: the checkpoint's on a GPU, float32 on the CPU).
     Memory is planned (`ollama_img.memory`): within `budget` (a `memory.budget.Budget`; default
@@ -32,10 +47,12 @@ def load_pipeline(
     with phase("resolve"):
         require_mlx()
         source = open_source(name_or_folder, store)
-    return _load(source, dtype, budget, planner, plan)
+    return _load(source, dtype, budget, planner, plan, loras, lora_strategy)
 
 
-def load_stored(name: str, *, store=None, dtype=None, budget=None, planner=None, plan=None):
+def load_stored(
+    name: str, *, store=None, dtype=None, budget=None, planner=None, plan=None, loras=None, lora_strategy=None
+):
     """Load a model from the store by name only, never from a folder: what the engine does, since a
     name from a client must not reach a path on the engine's disk (`tmp/x/y` is not /tmp/x/y:latest)."""
     from ollama_img.store import Store
@@ -44,10 +61,10 @@ def load_stored(name: str, *, store=None, dtype=None, budget=None, planner=None,
     with phase("resolve"):
         require_mlx()
         source = StoreSource(store or Store(), name)
-    return _load(source, dtype, budget, planner, plan)
+    return _load(source, dtype, budget, planner, plan, loras, lora_strategy)
 
 
-def _load(source, dtype, budget, planner, plan):
+def _load(source, dtype, budget, planner, plan, loras=None, lora_strategy=None):
     with phase("resolve"):
         from ollama_img.memory.device import apply_limits, device_kind, engine_budget
         from ollama_img.memory.plan import Planner
@@ -61,9 +78,22 @@ def _load(source, dtype, budget, planner, plan):
             apply_limits(budget, plan.cache_limit)
         elif plan is None:
             plan = planner.for_load()
+        adapters = resolve_adapters([*stored_adapters(source), *(loras or ())], source, arch)
     accepted = inspect.signature(module.load).parameters  # a family's loader may not take a plan
-    memory = {key: value for key, value in (("plan", plan), ("planner", planner)) if key in accepted}
+    given = (("plan", plan), ("planner", planner), ("lora_strategy", lora_strategy))
+    extra = {key: value for key, value in given if key in accepted and value is not None}
+    if "adapters" in accepted:
+        extra["adapters"] = adapters
+    elif adapters:
+        raise UserError(f"{source.label}: {arch.family} models do not take LoRA adapters yet")
     with phase("build"):  # what the loader does not mark as read or eval
-        pipe = module.load(source, dtype=dtype, **memory)
+        pipe = module.load(source, dtype=dtype, **extra)
     manifest = getattr(source, "manifest", None)  # a store model's; a folder has no Modelfile
     return with_model_defaults(pipe, manifest.config.params) if manifest is not None else pipe
+
+
+def stored_adapters(source) -> list[tuple[str, float]]:
+    """A store model's own adapters (its config record's, from a Modelfile's ADAPTER lines) as (digest,
+    scale), in the order they apply; none for a folder."""
+    manifest = getattr(source, "manifest", None)
+    return [(record.digest, record.scale) for record in manifest.config.adapters] if manifest else []

@@ -113,6 +113,42 @@ def image(value, name: str) -> InputImage:
     return image_input.read(value, name)
 
 
+def loras(value, name: str) -> tuple[tuple[str, float], ...] | None:
+    """LoRA adapters already in the store: `[{"digest": "sha256:...", "scale": 0.8}, ...]` (scale 1 when
+    left out) -> ((digest, scale), ...), None when empty. Never a path: the engine reads no file a
+    client names."""
+    from ollama_img.models.lora import MAX_ADAPTERS
+    from ollama_img.store.blobs import is_digest
+
+    if not isinstance(value, list):
+        raise UserError(
+            f'{name} must be a list of {{"digest": "sha256:...", "scale": 1.0}}, got {shown(value)}'
+        )
+    if len(value) > MAX_ADAPTERS:
+        raise UserError(f"{name} holds {len(value)} adapters, at most {MAX_ADAPTERS}")
+    out = []
+    for i, item in enumerate(value, 1):
+        where = f"{name} #{i}" if len(value) > 1 else name
+        if not isinstance(item, dict):
+            raise UserError(
+                f'{where} must be an object {{"digest": "sha256:...", "scale": 1.0}}, got {shown(item)}'
+            )
+        unknown = sorted(set(item) - {"digest", "scale", "name"})
+        if unknown:
+            raise UserError(
+                f"{where} has {unknown[0]!r}: an adapter is named by its digest in the store only"
+            )
+        digest = item.get("digest")
+        if not is_digest(digest):
+            raise UserError(
+                f"{where}: 'digest' must be the sha256 digest of an adapter in the store "
+                f"(sha256:<64 hex digits>), got {shown(digest)}"
+            )
+        scale = item.get("scale")
+        out.append((digest, 1.0 if scale is None else number(-math.inf)(scale, f"{where} 'scale'")))
+    return tuple(out) or None
+
+
 def images(value, name: str) -> tuple[InputImage, ...] | None:
     """A list of images (None when empty), each named by its place when there are several."""
     if not isinstance(value, list):
@@ -193,6 +229,15 @@ STRENGTH = Option(
     capability="image_input",
 )
 
+# LoRA adapters by their digests in the store (`run --lora PATH[:SCALE]` stores the file first).
+LORAS = Option(
+    "loras",
+    "--lora",
+    "A LoRA adapter (safetensors) and its scale, PATH[:SCALE] (default 1); repeat it for several.",
+    loras,
+    capability="lora",
+)
+
 OPTIONS = (
     WIDTH,
     HEIGHT,
@@ -206,6 +251,7 @@ OPTIONS = (
     IMAGES,
     MASK,
     STRENGTH,
+    LORAS,
 )
 BY_FIELD = {option.field: option for option in OPTIONS}
 INPUTS = (IMAGES, MASK)  # images in: not handed to `generate` under their field (see image_keywords)

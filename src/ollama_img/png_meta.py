@@ -5,6 +5,7 @@ Anyone holding the file can see (and reproduce) how it was made, with any PNG to
 """
 
 import io
+import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ class Recipe:
     images: tuple[str, ...] = ()  # sha256 of each input image's bytes as sent
     mask: str | None = None  # sha256 of the mask's bytes
     strength: float | None = None  # from a start image
+    loras: tuple[tuple[str, float], ...] = ()  # (sha256 digest of the adapter file, scale), as asked
 
     def text_chunks(self) -> dict[str, str]:
         chunks = {
@@ -61,6 +63,8 @@ class Recipe:
             chunks["mask_sha256"] = self.mask
         if self.strength is not None:
             chunks["strength"] = repr(float(self.strength))
+        if self.loras:
+            chunks["loras"] = json.dumps([{"digest": d, "scale": float(s)} for d, s in self.loras])
         return chunks
 
 

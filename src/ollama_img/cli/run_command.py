@@ -20,6 +20,7 @@ from pathlib import Path
 import typer
 
 from ollama_img import viewer
+from ollama_img.adapters import parse_spec
 from ollama_img.cli import outputs
 from ollama_img.cli.app import OPTIONAL_VALUES, app
 from ollama_img.cli.completion import complete_model_names
@@ -33,6 +34,7 @@ from ollama_img.options import (
     HEIGHT,
     IMAGES,
     KEEP_ALIVE,
+    LORAS,
     MASK,
     MAX_IMAGES,
     NEGATIVE_PROMPT,
@@ -237,6 +239,7 @@ def build_options(
     fields = {option.field: flags.pop(option.param, None) for option in OPTIONS}
     if flags:
         raise TypeError(f"unknown run options {sorted(flags)}")
+    lora_specs = [parse_spec(text, LORAS.flag) for text in fields.pop(LORAS.field) or []]
     fields[IMAGES.field] = [
         encoded(path, f"{IMAGES.flag} {path}") for path in fields[IMAGES.field] or []
     ] or None
@@ -257,7 +260,37 @@ def build_options(
     options = RunOptions(model=model, fields=fields, output=output, no_open=no_open, json=format_ == "json")
     check_request(options)
     outputs.check_output(output, options.count)
+    if lora_specs:
+        options.fields[LORAS.field] = stored_loras(model, lora_specs)
     return options
+
+
+def stored_loras(model: str, specs: list[tuple[str, float]]) -> list[dict]:
+    """`--lora` files put in the store as adapter blobs, as the request names them (by digest): checked
+    first against the model when this store has it (what it can do, its layers' names and shapes)."""
+    from ollama_img.adapters import shapes_of_manifest
+    from ollama_img.models import ARCHITECTURES
+    from ollama_img.models.lora import check_adapter
+    from ollama_img.store import Store
+    from ollama_img.store.adapters import put_adapter
+
+    store = Store()
+    try:
+        manifest = store.manifest(model)
+    except UserError:
+        manifest = None  # the engine (which may serve another store) answers for it
+    architecture = ARCHITECTURES.get(manifest.config.architecture) if manifest else None
+    if manifest is not None and manifest.config.capabilities is not None:
+        check_supported(model, {LORAS.field: specs}, manifest.config.capabilities, flag_name)
+    loras = []
+    for path, scale in specs:
+        where = f"{LORAS.flag} {path}"
+        if not Path(path).expanduser().is_file():
+            raise UserError(f"{where}: no such file")
+        if architecture is not None and architecture.lora is not None:
+            check_adapter(architecture, path, shapes_of_manifest(manifest, architecture.lora.component))
+        loras.append({"digest": put_adapter(store, path).digest, "scale": scale})
+    return loras
 
 
 def check_request(options: RunOptions):
@@ -320,6 +353,7 @@ def run(
     image: list[str] | None = _flag(IMAGES, metavar="PATH"),
     mask: str | None = _flag(MASK, metavar="PATH"),
     strength: float | None = _flag(STRENGTH),
+    lora: list[str] | None = _flag(LORAS, metavar="PATH[:SCALE]"),
 ):
     """Generate images from a prompt (starts the engine if needed)."""
     options = build_options(
@@ -340,6 +374,7 @@ def run(
         image=image,
         mask=mask,
         strength=strength,
+        lora=lora,
     )
     from ollama_img.cli.transfer_commands import pull_if_missing
     from ollama_img.memory.budget import user_budget

@@ -39,6 +39,25 @@ def lookup(name: str) -> tuple[str, Capabilities | None, dict[str, object]]:
     return manifest.digest, manifest.config.capabilities, dict(manifest.config.params)
 
 
+def check_adapters(name: str, loras) -> None:
+    """Each (digest, scale) an adapter blob of the store, intact, that fits the model (a UserError, 400,
+    naming the digest and the first key that does not fit): checked from headers before queueing."""
+    from ollama_img.adapters import shapes_of_manifest
+    from ollama_img.errors import UserError
+    from ollama_img.models import ARCHITECTURES
+    from ollama_img.models.lora import check_adapter
+    from ollama_img.store.adapters import adapter_blob
+
+    store = _store()
+    manifest = store.manifest(name)
+    architecture = ARCHITECTURES.get(manifest.config.architecture)
+    if architecture is None or architecture.lora is None:
+        raise UserError(f"{canonical(name)} does not take LoRA adapters")
+    shapes = shapes_of_manifest(manifest, architecture.lora.component)
+    for digest, _ in loras:
+        check_adapter(architecture, adapter_blob(store, digest), shapes, digest)
+
+
 def short_id(digest: str | None) -> str:
     """The 12-hex-digit ID that `list` and `ps` show."""
     if not digest:

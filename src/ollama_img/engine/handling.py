@@ -95,11 +95,14 @@ async def submit(
 ) -> tuple[Scheduler, Job]:
     """Check the model exists (404 otherwise) and can do what is asked (400, naming the option or
     size it cannot, as `name` spells it), fill in its PARAMETERs for what the request leaves out,
-    decode the images it sent (400 for a damaged one), then queue it."""
+    check that its adapters are in the store and fit it (400), decode the images it sent (400 for a
+    damaged one), then queue it."""
     scheduler: Scheduler = request.app.state.scheduler
     digest, capabilities, model_params = await run_in_threadpool(catalog.lookup, params.model)
     scheduler.check(params, capabilities, name)  # what the request itself asks, named as it spelled it
     params = with_model_params(params, model_params)
+    if params.loras:
+        await run_in_threadpool(catalog.check_adapters, params.model, params.loras)
     if params.images:
         params = await run_in_threadpool(params.with_decoded_images)
     return scheduler, scheduler.submit(params, digest)

@@ -51,6 +51,7 @@ class GenerateParams:
     images: tuple[InputImage, ...] | None = None  # the start image or the reference images
     mask: InputImage | None = None
     strength: float | None = None
+    loras: tuple[tuple[str, float], ...] | None = None  # (digest of an adapter in the store, scale)
 
     def asked(self) -> dict[str, object]:
         """The options the request set, by field."""

@@ -5,6 +5,10 @@ best created and used on the same thread. The event loop only keeps the books: t
 are loaded and until when, what they hold and under which memory plan (`engine.memory`), and the events
 each job sends to its client. A finished job's PNGs are encoded on other threads while the next job
 already runs on the device.
+
+A model is loaded once whatever LoRA adapters its requests ask for: the pipeline swaps them in for each
+image (side paths beside its weights, a few MB; `models.lora_layers`), so another adapter set never
+loads a second copy of the model, and what the adapters hold counts in the model's size once applied.
 """
 
 import asyncio
@@ -544,6 +548,7 @@ class Scheduler:
                 images=tuple(item.sha256 for item in params.images or ()),
                 mask=params.mask.sha256 if params.mask is not None else None,
                 strength=resolved.get("strength"),
+                loras=params.loras or (),
             )
             for seed in resolved.get("seeds", [])
         ]

@@ -2,8 +2,8 @@
 
 An `Architecture` says what a model folder of the family holds (its components, for `create`), how
 to read what the model can do from its config files (`capabilities`), which tensors `create
---quantize` quantizes (`quantization`), what its parts need in memory (`memory`), and where its
-loader is. Components several families share are declared here once.
+--quantize` quantizes (`quantization`), what its parts need in memory (`memory`), how LoRA adapters'
+keys map onto its modules (`lora`), and where its loader is. Components several families share are declared here once.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ollama_img.errors import UserError
 from ollama_img.models.interface import Capabilities
+from ollama_img.models.lora import LoraRule
 from ollama_img.quantization import QuantRule
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class Architecture:
     # Its memory profile from its config files and stored bytes (`memory.profile`); None: the planner
     # knows only its weights.
     memory: Callable[[ReadJson, dict[str, Stored]], MemoryProfile] | None = None
+    lora: LoraRule | None = None  # how LoRA adapters map onto its modules; None: it takes none
 
     def capabilities_of(self, source: WeightSource) -> Capabilities:
         """What a model loaded from `source` can do: what this version's code does with its config files.

@@ -54,6 +54,10 @@ class Parts:
             gc.collect()
             mx.clear_cache()
 
+    def release(self, name: str) -> None:
+        """Release one component (it loads again, from its loader, when next needed)."""
+        self.keep_only(n for n in self._loaded if n != name)
+
     @property
     def nbytes(self) -> int:
         return sum(module_bytes(m) for m in self._loaded.values())

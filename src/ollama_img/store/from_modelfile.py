@@ -7,7 +7,8 @@ digest>`: the weights of that stored model alone. FROM a model folder: the folde
 `create -f FOLDER` imports it. With `--quantize`, the weights are quantized on the way (a stored base
 as `create --from` does).
 
-Everything a Modelfile can get wrong is found before the store is touched, with its line. Writing is
+Everything a Modelfile can get wrong is found before the store is touched, with its line (an ADAPTER
+that does not fit the base's weights too: `models.lora.check_adapter`). Writing is
 the importer's order under the store lock: blobs (each durable under its name), the config, the
 manifest last; so a failure or a crash leaves no partial blob and no manifest naming a missing one.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from ollama_img.errors import UserError
 from ollama_img.modelfile import Modelfile, at_line, check_parameters
 from ollama_img.models import architecture_for
+from ollama_img.models.lora import check_adapter
 from ollama_img.names import ModelName
 from ollama_img.store.additions import (
     Additions,
@@ -70,9 +72,11 @@ def prepare(store: Store, modelfile: Modelfile, quantize: bool = False) -> Recip
     check_parameters(modelfile, capabilities, label)
     names = adapter_names(store, base)
     adapters = []
+    fits = _adapter_check(plan, base) if modelfile.adapters else None
     for adapter in modelfile.adapters:
         try:
             adapters.append(adapter_from_file(store, adapter.path, adapter.scale, names))
+            fits(adapter.path)
         except UserError as exc:
             raise at_line(adapter.line, str(exc)) from None
     additions = Additions(
@@ -82,6 +86,30 @@ def prepare(store: Store, modelfile: Modelfile, quantize: bool = False) -> Recip
         base=kept.base,
     )
     return Recipe(additions, plan=plan, base=None if plan is not None else base)
+
+
+def _adapter_check(plan: ImportPlan | None, base: Manifest | None):
+    """`fits(path)`: a UserError naming the first key of the adapter at `path` that does not fit the
+    model's weights (its layers' names and shapes, from headers: `models.lora.check_adapter`)."""
+    if base is not None:
+        architecture = architecture_for(base.config.architecture)
+        component = architecture.lora.component if architecture.lora else None
+        shapes = {
+            layer.name.split("/", 1)[1]: tuple(layer.shape)
+            for layer in base.component_layers(component)
+            if layer.is_tensor and layer.shape is not None
+        }
+    else:
+        architecture = plan.architecture
+        component = architecture.lora.component if architecture.lora else None
+        shapes = {
+            t.name: t.shape
+            for c in plan.components
+            if c.name == component
+            for s in c.shards
+            for t in s.header.tensors
+        }
+    return lambda path: check_adapter(architecture, path, shapes)
 
 
 def derive(store: Store, name: ModelName | str, base: Manifest, additions: Additions) -> ImportResult:

@@ -15,13 +15,14 @@ from ollama_img.models.architecture import (
 )
 from ollama_img.models.configs import AutoencoderKLConfig
 from ollama_img.models.interface import Capabilities, SizeLimits
+from ollama_img.models.lora import LoraRule
 from ollama_img.models.zimage.config import PATCH, ZImageConfig
 from ollama_img.models.zimage.memory import memory_profile
 from ollama_img.quantization import QuantRule
 
 
 def capabilities(read_json: ReadJson) -> Capabilities:
-    """Guidance with a negative prompt, a start image with a mask, and TeaCache; sides in steps of the
+    """Guidance with a negative prompt, a start image with a mask, TeaCache and LoRA; sides in steps of the
     VAE's scale times the patch size, up to the transformer's RoPE table lengths (8192 for the released
     model)."""
     vae = AutoencoderKLConfig.from_dict(read_json("vae/config.json"))
@@ -35,6 +36,7 @@ def capabilities(read_json: ReadJson) -> Capabilities:
         image_input=True,
         mask=True,
         teacache=True,
+        lora=True,
     )
 
 
@@ -55,6 +57,21 @@ QUANTIZATION = QuantRule(
     ),
 )
 
+# Adapters change the transformer's Linear layers. The original Z-Image trainers name its attention's
+# fused projection `qkv` and its output `out`; the loader fuses q/k/v and the SwiGLU's w1/w3 (see
+# `transformer.ZImageTransformer.fuse_projections`), and adapters follow.
+LORA = LoraRule(
+    component="transformer",
+    alternates={
+        "attention.qkv": ("attention.to_q", "attention.to_k", "attention.to_v"),
+        "attention.out": ("attention.to_out.0",),
+    },
+    fused={
+        "attention.to_qkv": ("attention.to_q", "attention.to_k", "attention.to_v"),
+        "feed_forward.w13": ("feed_forward.w1", "feed_forward.w3"),
+    },
+)
+
 ARCHITECTURE = Architecture(
     class_name="ZImagePipeline",
     family="z-image",
@@ -70,4 +87,5 @@ ARCHITECTURE = Architecture(
     size_unit=16,
     quantization=QUANTIZATION,
     memory=memory_profile,
+    lora=LORA,
 )

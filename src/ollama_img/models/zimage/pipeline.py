@@ -23,6 +23,7 @@ from ollama_img.models import flow_match
 from ollama_img.models.autoencoder_kl import AutoencoderKL
 from ollama_img.models.chat_tokenizer import ChatTokenizer
 from ollama_img.models.interface import Capabilities, Defaults, StepCallback, validate_request
+from ollama_img.models.lora_layers import ComponentAdapters
 from ollama_img.models.qwen3 import Qwen3TextEncoder
 from ollama_img.models.residency import Parts
 from ollama_img.models.zimage import edit
@@ -83,8 +84,10 @@ class ZImagePipeline:
         digest: str | None = None,
         memory_plan: MemoryPlan | None = None,
         planner: Planner | None = None,
+        lora: ComponentAdapters | None = None,
     ):
         self.tokenizer = tokenizer
+        self.lora = lora
         self.parts = parts
         self.transformer_config = transformer_config  # known without loading the transformer
         self.memory_plan = memory_plan
@@ -176,6 +179,21 @@ class ZImagePipeline:
             )
         return own_width if width is None else width, own_height if height is None else height
 
+    @property
+    def adapters(self) -> tuple:
+        """The LoRA adapters the next image is made with (`adapters.Adapter`s)."""
+        return self.lora.wanted if self.lora is not None else ()
+
+    def use_loras(self, loras) -> None:
+        """Make the model's own adapters plus `loras` the transformer's (checked first: a UserError names
+        what does not fit); compiled steps are traced again when the transformer changed."""
+        if self.lora is None:
+            if loras:
+                raise ValueError(f"{self.name} takes no LoRA adapters")
+            return
+        if self.lora.use(loras, self.parts, "transformer") and self.parts.is_loaded("transformer"):
+            self.transformer._compiled = None
+
     # -- the parts -----------------------------------------------------------------------------
 
     def encode_prompt(self, prompt: str) -> mx.array:
@@ -253,6 +271,7 @@ class ZImagePipeline:
         mask: Image.Image | None = None,
         strength: float | None = None,
         noise: np.ndarray | None = None,
+        loras=None,
     ) -> mx.array:
         """The final latents. `latents` (1, 16, height // 8, width // 8) float32 replaces the seeded noise.
 
@@ -261,10 +280,12 @@ class ZImagePipeline:
         the image's; `noise`, in the layout of `latents`, replaces the seeded noise the image is mixed
         with. `on_step(step, total)` runs after every step; an exception it raises stops the generation.
         `teacache` (a threshold, e.g. 0.3) skips the main blocks on steps whose input changed little;
-        `stats`, if given, is filled with what ran.
+        `stats`, if given, is filled with what ran. `loras`, `[(path_or_digest, scale), ...]`, are LoRA
+        adapters for this image on top of the model's own (`load_pipeline(loras=...)`).
         """
         width, height = self.size_for(width=width, height=height, image=image)
         self.validate(width=width, height=height, steps=steps)
+        self.use_loras(loras)
         self.plan_memory(width, height, guidance, (prompt, negative_prompt if guidance > 0 else None))
         start = self._start(width, height, steps, seed, latents, image, mask, strength, noise)
         x = start.latents
