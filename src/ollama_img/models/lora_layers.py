@@ -189,8 +189,9 @@ class ComponentAdapters:
 
     def attach(self, module: nn.Module, dtype: mx.Dtype) -> nn.Module:
         """Apply the wanted adapters to a freshly loaded component (the loader's last step)."""
-        with phase("lora"):
-            apply(module, self.rule, self.wanted, self.strategy, dtype)
+        if self.wanted:  # a fresh component has no side paths: without adapters there is nothing to do
+            with phase("lora"):
+                apply(module, self.rule, self.wanted, self.strategy, dtype)
         self._applied = _keys(self.wanted)
         self._dtype = dtype
         return module
