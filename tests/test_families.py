@@ -33,7 +33,7 @@ def test_the_zimage_pipeline_satisfies_the_interface_with_its_folders_capabiliti
     assert expected.sizes == SizeLimits(unit=16, max_width=16 * 512, max_height=16 * 512)
     assert (expected.guidance, expected.negative_prompt, expected.teacache) == (True, True, True)
     assert (expected.image_input, expected.mask, expected.image_inputs) == (True, True, 1)
-    assert not (expected.lora or expected.reference_images)
+    assert expected.lora and not expected.reference_images
 
 
 def test_capabilities_round_trip_and_refuse_malformed_records():

@@ -130,7 +130,9 @@ def merge(layer: nn.Module, down: mx.array, up: mx.array) -> None:
     if isinstance(layer, nn.QuantizedLinear):
         params = {"group_size": layer.group_size, "bits": layer.bits, "mode": layer.mode}
         weight = mx.dequantize(layer.weight, layer.scales, layer.get("biases"), **params, dtype=mx.float32)
-        packed = _quantize(weight + delta, params)
+        # quantized from the logical dtype, so that scales and offsets keep theirs (bf16 for affine)
+        logical = layer.scales.dtype if mx.issubdtype(layer.scales.dtype, mx.floating) else mx.bfloat16
+        packed = _quantize((weight + delta).astype(logical), params)
         layer.weight, layer.scales = packed[0], packed[1]
         if len(packed) > 2:
             layer.biases = packed[2]
@@ -187,8 +189,9 @@ class ComponentAdapters:
 
     def attach(self, module: nn.Module, dtype: mx.Dtype) -> nn.Module:
         """Apply the wanted adapters to a freshly loaded component (the loader's last step)."""
-        with phase("lora"):
-            apply(module, self.rule, self.wanted, self.strategy, dtype)
+        if self.wanted:  # a fresh component has no side paths: without adapters there is nothing to do
+            with phase("lora"):
+                apply(module, self.rule, self.wanted, self.strategy, dtype)
         self._applied = _keys(self.wanted)
         self._dtype = dtype
         return module
