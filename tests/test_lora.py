@@ -414,3 +414,19 @@ def test_create_from_a_modelfile_refuses_an_adapter_that_does_not_fit_naming_its
     assert [(a.name, a.scale) for a in store.manifest("styled").config.adapters] == [
         ("good.safetensors", 0.5)
     ]
+
+
+def test_a_pipeline_swaps_adapters_in_and_out_between_generations(tiny_folder_f32, tmp_path, shapes):
+    """Side paths follow each generation's adapters, back to none, whatever the transformer held."""
+    from ollama_img import load_pipeline
+
+    path = peft_file(tmp_path / "a.safetensors", pairs(shapes))
+    pipe = load_pipeline(tiny_folder_f32)
+    kwargs = dict(width=32, height=32, steps=2, seed=1)
+    base = np.array(pipe.denoise("a fox", **kwargs))
+    with_adapter = np.array(pipe.denoise("a fox", loras=[(path, 1.0)], **kwargs))
+    assert any(isinstance(m, LoraLinear) for _, m in pipe.transformer.named_modules())
+    again = np.array(pipe.denoise("a fox", **kwargs))
+    assert not any(isinstance(m, LoraLinear) for _, m in pipe.transformer.named_modules())
+    assert np.abs(with_adapter - base).max() > 1e-3
+    np.testing.assert_array_equal(again, base)

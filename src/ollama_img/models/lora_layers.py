@@ -205,8 +205,10 @@ class ComponentAdapters:
             self.extra, self._specs = tuple(self._resolve(specs)), specs
         if not parts.is_loaded(name) or _keys(self.wanted) == self._applied:
             return False
-        if self.strategy == SIDE_PATH:
-            self.attach(parts.get(name), self._dtype)
+        if self.strategy == SIDE_PATH:  # the side paths it has are taken out, the wanted ones put in
+            with phase("lora"):
+                apply(parts.get(name), self.rule, self.wanted, self.strategy, self._dtype)
+            self._applied = _keys(self.wanted)
         else:
             parts.release(name)
             self._applied = None
