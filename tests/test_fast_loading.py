@@ -2,6 +2,7 @@
 its own groups of tensors, give the same parameters as evaluating every tensor first and fusing after."""
 
 import dataclasses
+import gc
 import threading
 
 import mlx.core as mx
@@ -189,12 +190,19 @@ def test_a_component_is_evaluated_in_pieces_holding_little_twice(monkeypatch, ti
 
     def peak_above_resident(piece_bytes: int) -> int:
         monkeypatch.setattr(loading, "GROUP_BYTES", piece_bytes)
-        mx.clear_cache()
-        base = mx.get_active_memory()
-        mx.reset_peak_memory()
-        model = ComponentLoader(source).load("transformer", ZImageTransformer(config), fuse=fuse_lazily)
-        resident = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
-        return mx.get_peak_memory() - base - resident
+        best = None
+        for _ in range(3):  # the least of three: arrays of earlier tests freed meanwhile are not the load's
+            gc.collect()
+            mx.synchronize()
+            mx.clear_cache()
+            base = mx.get_active_memory()
+            mx.reset_peak_memory()
+            model = ComponentLoader(source).load("transformer", ZImageTransformer(config), fuse=fuse_lazily)
+            resident = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+            above = mx.get_peak_memory() - base - resident
+            best = above if best is None else min(best, above)
+            del model
+        return best
 
     whole = peak_above_resident(1 << 40)
     pieces = peak_above_resident(32 << 10)
