@@ -541,7 +541,7 @@ ROUTES = [
 FIELDS = [
     "model", "prompt", "negative_prompt", "width", "height", "size", "steps", "seed", "guidance", "n",
     "keep_alive", "stream", "options", "teacache", "response_format", "output_format", "name", "image",
-    "images", "mask", "strength",
+    "images", "mask", "strength", "loras",
 ]  # fmt: skip
 
 
@@ -553,6 +553,8 @@ def _hostile_value(rng: random.Random, depth: int = 0):
         "", " ", "x", "NaN", "Infinity", "-1", "1e9", "32x32", "0x0", "99999x99999", "5m", "-1", "z-image",
         "z-image:latest", "../../etc/passwd", "/tmp", "\u0000", "\ud83d\ude00" * 50, "\u202e\u200b", "é" * 1000,
         "a" * (MAX_PROMPT_CHARS + 1), [], {}, [1, 2], {"a": 1},
+        [{"digest": "sha256:" + "0" * 64, "scale": 1e308}], [{"digest": "/etc/passwd"}], [{"path": "/tmp/a"}],
+        [{"digest": "sha256:" + "a" * 64}] * 100,
     ]  # fmt: skip
     if depth < 3 and rng.random() < 0.15:
         return [_hostile_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
