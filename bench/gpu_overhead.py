@@ -31,23 +31,44 @@ def main():
     ap.add_argument("folder")
     ap.add_argument("--budget", default="24GB")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--threads", type=int, help="OLLAMA_IMG_LOAD_THREADS for the pipeline's load")
+    ap.add_argument("--trim", action="store_true", help="trim the driver's pool after each stage")
     args = ap.parse_args()
-    os.environ["OLLAMA_IMG_GPU_MEMORY"] = args.budget
+    if args.budget != "unlimited":
+        os.environ["OLLAMA_IMG_GPU_MEMORY"] = args.budget
+    if args.threads:
+        os.environ["OLLAMA_IMG_LOAD_THREADS"] = str(args.threads)
 
     import mlx.core as mx
 
     from bench.gpu_memory_plan import smi_process_used
+    from ollama_img.memory import cuda_pool
 
     rows = []
 
-    def stage(what: str):
+    def stage(what: str, trim: bool = False):
         mx.synchronize()
         time.sleep(0.3)  # nvidia-smi's per-process figure lags a little
         smi = smi_process_used(os.getpid())
         mlx = (mx.get_active_memory() + mx.get_cache_memory()) / GB
-        row = {"stage": what, "smi_gb": smi, "mlx_gb": mlx, "gap_gb": None if smi is None else smi - mlx}
+        pool = cuda_pool.usage()
+        row = {
+            "stage": what,
+            "smi_gb": smi,
+            "mlx_gb": mlx,
+            "mlx_peak_gb": mx.get_peak_memory() / GB,
+            "gap_gb": None if smi is None else smi - mlx,
+            "pool_reserved_gb": pool and pool.reserved / GB,
+            "pool_used_gb": pool and pool.used / GB,
+            "pool_high_gb": pool and pool.reserved_high / GB,
+            "pool_used_high_gb": pool and pool.used_high / GB,
+        }
         rows.append(row)
-        print(f"{what}: smi {smi} GB, MLX active+cache {mlx:.3f} GB, gap {row['gap_gb']}", flush=True)
+        print(json.dumps(row), flush=True)
+        if trim or args.trim:
+            released = cuda_pool.trim()
+            print(f"trimmed the pool: {released and released / GB:.3f} GB released", flush=True)
+            stage(f"{what}, pool trimmed")
 
     mx.eval(mx.zeros(1))
     stage("context (one tiny array)")
@@ -78,12 +99,22 @@ def main():
 
     from ollama_img import load_pipeline
 
+    cuda_pool.reset_high()
+    mx.reset_peak_memory()
     pipe = load_pipeline(args.folder)
-    stage(f"pipeline loaded, plan for {args.budget}")
+    stage(f"pipeline loaded ({args.threads or 'default'} load threads), plan for {args.budget}", trim=True)
+    cuda_pool.reset_high()
+    mx.reset_peak_memory()
     pipe.generate("a red fox in the snow", width=1024, height=1024, seed=1)
     stage("after a 1024x1024 image")
+    cuda_pool.reset_high()
+    mx.reset_peak_memory()
     pipe.generate("a red fox in the snow", width=1024, height=1024, seed=2)
-    stage("after a second image")
+    stage("after a second image", trim=True)
+    cuda_pool.reset_high()
+    mx.reset_peak_memory()
+    pipe.generate("a red fox in the snow", width=1024, height=1024, seed=3)
+    stage("after a third image (pool trimmed before it)")
     mx.clear_cache()
     stage("cache cleared")
     del pipe

@@ -78,6 +78,7 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
     runtime.ensure_private_dir(runtime.socket_path().parent)
     lock = runtime.PidLock(runtime.pid_path())
     lock.acquire()
+    _dump_stacks_on_signal()
     _log_compile_caches()
     unix = None
     try:
@@ -115,6 +116,16 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
         if unix is not None:
             unix.remove()
         lock.release()
+
+
+def _dump_stacks_on_signal():
+    """`kill -USR1 PID` writes every thread's Python stack to the engine log (stderr) and the engine goes
+    on: what a busy or stuck engine is doing, seen without stopping it."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
 
 
 def _log_compile_caches():
