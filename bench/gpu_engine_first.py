@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from bench.gpu_cold_start import PROMPT, SHM, Profile, build_folder  # noqa: E402
 
-FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<fn>\S+)')
+FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+),? in (?P<fn>\S+)')
 
 
 def stacks(text: str) -> list[list[list[str]]]:
@@ -40,15 +40,16 @@ def stacks(text: str) -> list[list[list[str]]]:
     dumps: list[list[list[str]]] = []
     current: list[str] | None = None
     for line in text.splitlines():
-        if line.startswith(("Current thread 0x", "Thread 0x")):
-            if line.startswith("Current thread") or not dumps:
-                dumps.append([])
+        if line.startswith("--- thread stacks"):
+            dumps.append([])
+            current = None
+        elif line.startswith("Thread ") and dumps:
             current = []
             dumps[-1].append(current)
         elif current is not None and (match := FRAME.match(line)):
-            current.append(f"{Path(match['file']).name}:{match['line']} {match['fn']}")
-        elif current is not None and line.strip() and not line.startswith(" "):
-            current = None
+            current.insert(
+                0, f"{Path(match['file']).name}:{match['line']} {match['fn']}"
+            )  # most recent first
     return dumps
 
 
