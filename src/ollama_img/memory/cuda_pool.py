@@ -4,8 +4,9 @@ MLX's CUDA allocator takes device buffers with `cudaMallocAsync` from the device
 and frees them with `cudaFreeAsync`. MLX counts the bytes of its live buffers (active) and of the
 buffers it keeps for reuse (cache); the pool under it may reserve more than that: memory freed back to
 the pool stays reserved until the pool is trimmed, and nvidia-smi counts it against the process. Trimming
-the pool (`cuMemPoolTrimTo`) returns the reserved memory no live allocation uses to the device; it frees
-nothing MLX holds, so it is safe at any time, and cheap.
+the pool (`cuMemPoolTrimTo`) returns what no live allocation uses; it frees nothing MLX holds. Free space
+inside chunks that still hold a live buffer cannot be returned: on an H200 a trim gave back 0.1-1.5 GB
+of the 2.5-5 GB the pool held beyond its use (bench/RESULTS.md, "Where the first image's seconds...").
 
 Reached through the driver's own library (`libcuda.so.1`) with ctypes, so this works with any MLX CUDA
 build and costs nothing on Metal or the CPU, where there is no such pool (every call returns None).
@@ -16,7 +17,6 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
-_RELEASE_THRESHOLD = 4  # CU_MEMPOOL_ATTR_RELEASE_THRESHOLD
 _RESERVED_MEM_CURRENT = 5  # CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT
 _RESERVED_MEM_HIGH = 6  # CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH
 _USED_MEM_CURRENT = 7  # CU_MEMPOOL_ATTR_USED_MEM_CURRENT
@@ -92,8 +92,8 @@ def reset_high(device: int = 0) -> None:
 
 def trim(device: int = 0) -> int | None:
     """Give the device back what the pool reserves beyond its live allocations; the bytes released
-    (None without a CUDA driver). The caller synchronises MLX's streams first, so that buffers freed on
-    them have reached the pool."""
+    (None without a CUDA driver). Synchronises the whole context first, so that buffers MLX freed on its
+    streams have reached the pool."""
     lib, pool = _pool(device)
     if pool is None:
         return None
@@ -103,10 +103,3 @@ def trim(device: int = 0) -> int | None:
         return None
     after = _attribute(lib, pool, _RESERVED_MEM_CURRENT)
     return None if before is None or after is None else max(0, before - after)
-
-
-def release_threshold(device: int = 0) -> int | None:
-    """The pool's release threshold: reserved bytes it keeps at a synchronisation (the driver's default, 0,
-    keeps none)."""
-    lib, pool = _pool(device)
-    return None if pool is None else _attribute(lib, pool, _RELEASE_THRESHOLD)
