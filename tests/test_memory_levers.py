@@ -195,3 +195,20 @@ def test_unloading_frees_mlx_cache(tiny_folder):
     _release(model)
     assert model.pipe is None
     assert mx.get_cache_memory() == 0
+
+
+def test_with_no_budget_mlx_is_held_to_the_plans_peak(tiny_folder, monkeypatch):
+    """Without a user budget the plan's budget is all the free memory; MLX's limit is the plan's peak."""
+    monkeypatch.delenv(BUDGET_ENV, raising=False)
+    default = mx.get_memory_limit()
+    pipe = load_pipeline(tiny_folder)
+    plan = pipe.planner.for_load()
+    assert plan.peak < plan.budget.bytes  # the tiny model leaves most of the RAM free
+    assert mx.get_memory_limit() == plan.peak - plan.overhead < default
+
+
+def test_a_user_budget_below_the_plans_peak_is_the_limit(tiny_folder, monkeypatch):
+    monkeypatch.setenv(BUDGET_ENV, "20MB")
+    pipe = load_pipeline(tiny_folder)
+    plan = pipe.planner.for_load()
+    assert mx.get_memory_limit() == min(plan.peak, 20 * 10**6) - plan.overhead

@@ -223,3 +223,17 @@ def test_user_budget_is_cut_to_the_device():
     cut = resolve(user, 8 * GB, "free GPU memory")
     assert cut.bytes == 8 * GB and "cut to" in cut.source
     assert resolve(None, 8 * GB, "free GPU memory") == Budget(8 * GB, "free GPU memory")
+
+
+def test_mlx_limit_is_the_plans_peak_beside_other_models_within_the_budget():
+    roomy = plan(None, 141)
+    assert roomy.memory_limit().bytes == roomy.peak < 25 * GB
+    assert roomy.memory_limit(others=5 * GB).bytes == roomy.peak + 5 * GB
+    tight = plan("int4", 8)
+    assert tight.memory_limit().bytes == min(tight.peak, 8 * GB)
+
+
+def test_large_images_decode_layer_by_layer_small_ones_whole():
+    assert plan(None, 141).decoder == "layers"
+    assert plan(None, 141, size=2048).decoder == "layers"
+    assert plan(None, 141, size=512).decoder == "whole"

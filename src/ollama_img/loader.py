@@ -75,7 +75,7 @@ def _load(source, dtype, budget, planner, plan, loras=None, lora_strategy=None):
             budget = engine_budget(budget)
             planner = Planner(arch.memory_of(source), device_kind(), budget, label=source.label)
             plan = planner.for_load()
-            apply_limits(budget, plan.cache_limit)
+            apply_limits(plan.memory_limit(), plan.cache_limit)
         elif plan is None:
             plan = planner.for_load()
         adapters = resolve_adapters([*stored_adapters(source), *(loras or ())], source, arch)

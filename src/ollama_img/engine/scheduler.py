@@ -381,7 +381,8 @@ class Scheduler:
     ) -> tuple[Budget, MemoryPlan | None]:
         """The budget `name` may plan this job with (the engine's, less what other models hold), and the
         job's plan: unloads the least recently used idle models while the plan does not fit; a
-        MemoryPlanError when it cannot fit even alone. Sets MLX's memory limit to the engine's budget."""
+        MemoryPlanError when it cannot fit even alone. Sets MLX's memory limit to the plan's peak beside
+        what the other models hold, within the engine's budget."""
         from ollama_img.memory.device import apply_limits, engine_budget
 
         if planner is None:  # a model loaded before planning existed for it
@@ -390,7 +391,8 @@ class Scheduler:
         while True:
             total = await self._in_worker(engine_budget, self.gpu_memory)
             others = [m for m in self._loaded.values() if m.name != name]
-            budget = left_for(total, sum(m.size for m in others))
+            held = sum(m.size for m in others)
+            budget = left_for(total, held)
             try:
                 plan = ask.plan(planner, budget)
             except MemoryPlanError:
@@ -401,7 +403,7 @@ class Scheduler:
                 log.info("unloading %s to make room for %s", evicted.name, name)
                 await self._unload(evicted)
                 continue
-            await self._in_worker(apply_limits, total)
+            await self._in_worker(apply_limits, plan.memory_limit(held))
             if model is not None:
                 model.plan = plan
             return budget, plan

@@ -170,6 +170,13 @@ class MemoryPlan:
         """Weights still loaded after a generation."""
         return self._weights(self.holds["decode"])
 
+    def memory_limit(self, others: int = 0) -> Budget:
+        """MLX's memory limit while this plan runs: its peak (at most its budget) beside the `others` bytes
+        that other loaded models hold. With no budget set the budget is the whole free GPU, and MLX,
+        whose limit only makes it empty its cache and wait for the device, would otherwise keep buffers
+        far beyond the plan (33 GB held on an H200 after two 1024x1024 images planned at 24 GB)."""
+        return Budget(others + min(self.peak, self.budget.bytes), f"the plan's peak ({self.budget.source})")
+
     @property
     def cache_limit(self) -> int:
         """MLX's buffer cache cap: the working set, so that weights plus cache stay within the peak."""
@@ -458,8 +465,10 @@ def _leanest_or_fastest(
         )
         return held("decode") + working + images
 
+    # From 1024x1024 up, evaluating the VAE after each layer ran as fast as after each block (H200:
+    # 0.908 against 0.904 s/image) and peaked 3.2 GB lower (bench/RESULTS.md, memory plans on a GPU).
     small = (request.width // 16) * (request.height // 16) < SHORT_SEQUENCE
-    decode_modes = (DECODE_WHOLE, DECODE_BLOCKS, DECODE_LAYERS) if small else (DECODE_BLOCKS, DECODE_LAYERS)
+    decode_modes = (DECODE_WHOLE, DECODE_BLOCKS, DECODE_LAYERS) if small else (DECODE_LAYERS,)
     decoder_mode = first_fitting(decode_modes, decoding)
 
     # Loading casts what a float32 device upcasts while the stored copy is still alive.

@@ -4,7 +4,8 @@
 On CUDA this is one custom kernel that reads the projection once and writes q, k and v once: done as
 separate MLX ops it costs two norms, two rotations in float32 and three transposes, about a third of
 a transformer block's non-matmul time at 1024x1024. Everywhere else (CPU, Metal) the same arithmetic
-runs as plain MLX ops. Both compute in float32 and round once at the end.
+runs as plain MLX ops. Both compute in float32 and round once at the end. The kernel is compiled once
+per GPU and kept on disk (`ollama_img.cuda_kernels`).
 """
 
 from functools import cache
@@ -12,6 +13,7 @@ from functools import cache
 import mlx.core as mx
 
 from ollama_img.backend import use_cuda_kernels
+from ollama_img.cuda_kernels import KernelSpec, compiled, dtype_name
 
 # One warp per (batch, token, head): lanes 0-15 take q's 128 values, lanes 16-31 k's, each lane 16
 # bytes at a time (VEC values); RMS over the half-warp, rotate pairs, write (B, H, L, D); v is copied.
@@ -23,8 +25,8 @@ _SOURCE = """
     const int part = lane >> 4;
     const int hl = lane & 15;
     const long row = (long(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-    const long B = qkv_shape[0];
-    const long L = qkv_shape[1];
+    const long B = batch;
+    const long L = length;
     if (row >= B * L * NH) return;
     const int h = row % NH;
     const long bl = row / NH;
@@ -65,12 +67,14 @@ _SOURCE = """
 
 
 @cache
-def _cuda_kernel(eps: float):
-    return mx.fast.cuda_kernel(
-        name=f"zimage_qk_norm_rope_{str(eps).replace('.', '_').replace('-', 'm')}",
-        input_names=["qkv", "q_weight", "k_weight", "cos_t", "sin_t"],
-        output_names=["q_out", "k_out", "v_out"],
-        source=_SOURCE.replace("EPS", f"{eps:.9e}f"),
+def _spec(eps: float) -> KernelSpec:
+    return KernelSpec(
+        name="zimage_qk_norm_rope",  # eps is in the body
+        inputs=("qkv", "q_weight", "k_weight", "cos_t", "sin_t"),
+        outputs=("q_out", "k_out", "v_out"),
+        scalars=("batch", "length"),
+        body=_SOURCE.replace("EPS", f"{eps:.9e}f"),
+        float_inputs=("cos_t", "sin_t"),
     )
 
 
@@ -109,12 +113,21 @@ def qk_norm_rope(
     """q, k, v as (B, H, L, D) from the fused projection qkv (B, L, 3 * H * D)."""
     b, length, three_dim = qkv.shape
     head_dim = three_dim // (3 * n_heads)
-    if not use_cuda_kernels() or head_dim % (16 * (16 // qkv.dtype.size)):
+    kernel = None
+    if use_cuda_kernels() and not head_dim % (16 * (16 // qkv.dtype.size)):
+        kernel = compiled(_spec(eps), dtype_name(qkv.dtype), (("HD", head_dim), ("NH", n_heads)))
+    if kernel is None:
         return qk_norm_rope_plain(qkv, q_weight, k_weight, cos, sin, n_heads, eps)
     shape = (b, n_heads, length, head_dim)
-    return _cuda_kernel(eps)(
-        inputs=[qkv, q_weight.astype(qkv.dtype), k_weight.astype(qkv.dtype), cos, sin],
-        template=[("T", qkv.dtype), ("NH", n_heads), ("HD", head_dim)],
+    return kernel(
+        inputs=[
+            qkv,
+            q_weight.astype(qkv.dtype),
+            k_weight.astype(qkv.dtype),
+            cos.astype(mx.float32),
+            sin.astype(mx.float32),
+        ],
+        scalars=(b, length),
         grid=(b * length * n_heads * 32, 1, 1),
         threadgroup=(256, 1, 1),
         output_shapes=[shape, shape, shape],

@@ -6,7 +6,8 @@
 - `swiglu(gate_up, hidden)`: `silu(gate) * up` from the fused w1|w3 projection, reading its two halves
   directly instead of as strided views.
 
-Both compute in float32 and round once at the end; the fallbacks are the same arithmetic.
+Both compute in float32 and round once at the end; the fallbacks are the same arithmetic. The kernels
+are compiled once per GPU and kept on disk (`ollama_img.cuda_kernels`).
 """
 
 from functools import cache
@@ -15,6 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ollama_img.backend import use_cuda_kernels
+from ollama_img.cuda_kernels import KernelSpec, compiled, dtype_name
 
 # Both kernels move 16 bytes per load and store (8 bf16 or 4 float32 values): `VEC` elements.
 _ADD_NORM = """
@@ -65,7 +67,7 @@ _SWIGLU = """
     struct alignas(16) V { T v[VEC]; };
     const long per_row = HIDDEN / VEC;
     const long idx = long(blockIdx.x) * blockDim.x + threadIdx.x;
-    const long rows = gate_up_shape[0] * gate_up_shape[1];
+    const long rows = n_rows;
     if (idx >= rows * per_row) return;
     const long r = idx / per_row;
     const long j = (idx - r * per_row) * VEC;
@@ -93,37 +95,43 @@ def _source(eps: float, with_next: bool) -> str:
 
 
 @cache
-def _add_norm_kernel(eps: float, with_next: bool):
-    outputs = ["x_out", "h_out"] if with_next else ["x_out"]
-    inputs = ["x", "y", "w_y", "w_next"] if with_next else ["x", "y", "w_y"]
-    return mx.fast.cuda_kernel(
-        name=f"zimage_add_norm_{int(with_next)}_{abs(hash(eps)) % 10**8}",
-        input_names=inputs,
-        output_names=outputs,
-        source=_source(eps, with_next),
+def _add_norm_spec(eps: float, with_next: bool) -> KernelSpec:
+    return KernelSpec(
+        name="zimage_add_norm_next" if with_next else "zimage_add_norm",  # eps is in the body
+        inputs=("x", "y", "w_y", "w_next") if with_next else ("x", "y", "w_y"),
+        outputs=("x_out", "h_out") if with_next else ("x_out",),
+        scalars=(),
+        body=_source(eps, with_next),
     )
 
 
-@cache
-def _swiglu_kernel():
-    return mx.fast.cuda_kernel(
-        name="zimage_swiglu", input_names=["gate_up"], output_names=["out"], source=_SWIGLU
-    )
+_SWIGLU_SPEC = KernelSpec(
+    name="zimage_swiglu", inputs=("gate_up",), outputs=("out",), scalars=("n_rows",), body=_SWIGLU
+)
 
 
 def add_norm(x: mx.array, y: mx.array, w_y: mx.array, w_next: mx.array | None, eps: float):
     """(x + rms_norm(y, w_y), rms_norm(that, w_next) or None) for x, y (B, L, D)."""
     b, length, dim = x.shape
     threads = dim // _vec(x.dtype)
-    if not use_cuda_kernels() or x.dtype != y.dtype or dim % _vec(x.dtype) or threads % 32 or threads > 1024:
+    with_next = w_next is not None
+    kernel = None
+    if (
+        use_cuda_kernels()
+        and x.dtype == y.dtype
+        and not dim % _vec(x.dtype)
+        and not threads % 32
+        and threads <= 1024
+    ):
+        kernel = compiled(_add_norm_spec(eps, with_next), dtype_name(x.dtype), (("DIM", dim),))
+    if kernel is None:
         x = x + mx.fast.rms_norm(y, w_y, eps)
         return x, (None if w_next is None else mx.fast.rms_norm(x, w_next, eps))
-    with_next = w_next is not None
     inputs = [x, y, w_y.astype(x.dtype)] + ([w_next.astype(x.dtype)] if with_next else [])
     n_out = 2 if with_next else 1
-    outs = _add_norm_kernel(eps, with_next)(
+    outs = kernel(
         inputs=inputs,
-        template=[("T", x.dtype), ("DIM", dim)],
+        scalars=(),
         grid=(b * length * threads, 1, 1),
         threadgroup=(threads, 1, 1),
         output_shapes=[x.shape] * n_out,
@@ -134,13 +142,16 @@ def add_norm(x: mx.array, y: mx.array, w_y: mx.array, w_next: mx.array | None, e
 
 def swiglu(gate_up: mx.array, hidden: int) -> mx.array:
     """silu(gate) * up for gate_up = [gate | up] along the last axis."""
-    if not use_cuda_kernels() or gate_up.ndim != 3 or hidden % _vec(gate_up.dtype):
+    kernel = None
+    if use_cuda_kernels() and gate_up.ndim == 3 and not hidden % _vec(gate_up.dtype):
+        kernel = compiled(_SWIGLU_SPEC, dtype_name(gate_up.dtype), (("HIDDEN", hidden),))
+    if kernel is None:
         return nn.silu(gate_up[..., :hidden]) * gate_up[..., hidden:]
     b, length, _ = gate_up.shape
     threads = b * length * hidden // _vec(gate_up.dtype)
-    return _swiglu_kernel()(
+    return kernel(
         inputs=[gate_up],
-        template=[("T", gate_up.dtype), ("HIDDEN", hidden)],
+        scalars=(b * length,),
         grid=((threads + 255) // 256 * 256, 1, 1),
         threadgroup=(256, 1, 1),
         output_shapes=[(b, length, hidden)],

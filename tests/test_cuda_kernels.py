@@ -1,0 +1,198 @@
+"""Our CUDA kernels compiled once per GPU and kept on disk: the source, where NVRTC and the headers are
+found, the cache key, and (with pip's NVRTC, which compiles without a GPU) the real Z-Image kernels
+compiled to cubins, kept, and read back instead of compiled again."""
+
+import ctypes
+from pathlib import Path
+
+import pytest
+
+from ollama_img import cuda_kernels
+from ollama_img.backend import use_cuda_kernels
+from ollama_img.cuda_kernels import (
+    KernelSpec,
+    Toolchain,
+    compiled,
+    find_cuda_include,
+    find_nvrtc,
+    kernel_source,
+)
+from ollama_img.models.zimage import attention_prep, fused_ops
+
+SPEC = KernelSpec(
+    name="demo",
+    inputs=("x", "angles"),
+    outputs=("y",),
+    scalars=("rows",),
+    body="    if (threadIdx.x < rows) y[threadIdx.x] = x[threadIdx.x] * static_cast<T>(angles[0] + DIM);",
+    float_inputs=("angles",),
+)
+
+# The kernels a Z-Image-Turbo block launches at 1024x1024, with the full model's sizes.
+ZIMAGE_KERNELS = [
+    (fused_ops._add_norm_spec(1e-5, True), {"DIM": 3840}),
+    (fused_ops._add_norm_spec(1e-5, False), {"DIM": 3840}),
+    (fused_ops._SWIGLU_SPEC, {"HIDDEN": 10240}),
+    (attention_prep._spec(1e-5), {"HD": 128, "NH": 30}),
+]
+
+
+def test_source_declares_inputs_outputs_and_scalars_in_launch_order():
+    entry, source = kernel_source(SPEC, "bfloat16", {"DIM": 64})
+    assert entry == "demo_bfloat16_DIM64"
+    assert "using T = __nv_bfloat16;" in source and "constexpr int DIM = 64;" in source
+    signature = source[source.index(f'extern "C" __global__ void {entry}(') :].split(")", 1)[0]
+    params = [p.strip() for p in signature.split("(", 1)[1].split(",")]
+    assert params == [
+        "const T* __restrict__ x",
+        "const float* __restrict__ angles",
+        "T* __restrict__ y",
+        "const int rows",
+    ]
+    assert SPEC.body.strip() in source
+    assert kernel_source(SPEC, "float32", {"DIM": 64})[1] != source
+
+
+def test_nvrtc_is_the_one_mlx_loaded_before_any_on_disk(tmp_path):
+    lib = tmp_path / "nvidia" / "cu13" / "lib"
+    lib.mkdir(parents=True)
+    (lib / "libnvrtc.so.13").write_bytes(b"")
+    loaded = ["/usr/lib/libc.so.6", "/opt/x/libnvrtc.so.12.8"]
+    assert find_nvrtc(loaded, [tmp_path / "nvidia"]) == Path("/opt/x/libnvrtc.so.12.8")
+    assert find_nvrtc(loaded[:1], [tmp_path / "nvidia"]) == lib / "libnvrtc.so.13"
+    assert find_nvrtc(loaded[:1], []) is None
+
+
+def test_headers_from_pip_packages_then_cuda_home(tmp_path):
+    package = tmp_path / "site" / "nvidia"
+    home = tmp_path / "cuda"
+    (home / "include").mkdir(parents=True)
+    (home / "include" / "cuda_bf16.h").write_text("")
+    assert find_cuda_include(None, [package], {"CUDA_HOME": str(home)}) == home / "include"
+    (package / "cuda_runtime" / "include").mkdir(parents=True)
+    (package / "cuda_runtime" / "include" / "cuda_bf16.h").write_text("")
+    assert (
+        find_cuda_include(None, [package], {"CUDA_HOME": str(home)}) == package / "cuda_runtime" / "include"
+    )
+    beside = tmp_path / "mlx-site" / "nvidia" / "cu13"
+    (beside / "include").mkdir(parents=True)
+    (beside / "include" / "cuda_bf16.h").write_text("")
+    nvrtc = beside / "lib" / "libnvrtc.so.13"
+    assert find_cuda_include(nvrtc, [package], {"CUDA_HOME": str(home)}) == beside / "include"
+    assert find_cuda_include(None, [], {}) in (None, Path("/usr/local/cuda/include"))
+
+
+def _toolchain(tmp_path, capability=(9, 0), version=(12, 9), include=Path("/inc")) -> Toolchain:
+    return Toolchain(None, version, include, capability, tmp_path / "kernels")
+
+
+def test_cache_file_is_per_architecture_and_compiler(tmp_path):
+    entry, source = kernel_source(SPEC, "bfloat16", {"DIM": 64})
+    h100 = _toolchain(tmp_path).cache_path(entry, source)
+    assert h100.parent == tmp_path / "kernels" / "sm_90a" and h100.name.startswith(entry + "-")
+    assert _toolchain(tmp_path, include=Path("/elsewhere")).cache_path(entry, source) == h100
+    others = [
+        _toolchain(tmp_path, capability=(8, 6)).cache_path(entry, source),
+        _toolchain(tmp_path, version=(13, 0)).cache_path(entry, source),
+        _toolchain(tmp_path).cache_path(entry, source + " "),
+    ]
+    assert len({h100, *others}) == 4
+    assert others[0].parent.name == "sm_86"  # arch-specific ("a") targets only from Hopper on
+
+
+def test_no_toolchain_means_plain_ops(monkeypatch):
+    monkeypatch.setattr(cuda_kernels, "_toolchain", lambda: None)
+    compiled.cache_clear()
+    assert compiled(SPEC, "bfloat16", (("DIM", 64),)) is None
+    assert compiled(SPEC, "int8", (("DIM", 64),)) is None
+
+
+def _pip_nvrtc() -> Toolchain | None:
+    dirs = cuda_kernels._nvidia_package_dirs()
+    library = find_nvrtc(cuda_kernels._loaded_libraries(), dirs)
+    include = find_cuda_include(library, dirs, {})
+    if library is None or include is None:
+        return None
+    lib = ctypes.CDLL(str(library))
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    return Toolchain(lib, (major.value, minor.value), include, (9, 0), Path())
+
+
+needs_nvrtc = pytest.mark.skipif(
+    _pip_nvrtc() is None, reason="needs NVRTC and the CUDA headers (pip's packages)"
+)
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("capability", [(8, 0), (9, 0)])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_zimage_kernels_compile_to_cubins(capability, dtype):
+    base = _pip_nvrtc()
+    toolchain = Toolchain(base.nvrtc, base.nvrtc_version, base.include_dir, capability, Path())
+    for spec, constants in ZIMAGE_KERNELS:
+        entry, source = kernel_source(spec, dtype, constants)
+        cubin = toolchain.compile(entry, source)
+        assert cubin[:4] == b"\x7fELF"  # device code for that GPU, not PTX for the driver to JIT
+        assert entry.encode() in cubin  # the unmangled entry point MLX looks the kernel up by
+
+
+@needs_nvrtc
+def test_a_compile_error_is_one_line_from_nvrtc():
+    toolchain = _pip_nvrtc()
+    entry, source = kernel_source(
+        KernelSpec("broken", ("x",), ("y",), (), "    y[0] = undefined_name;"), "float32", {}
+    )
+    with pytest.raises(RuntimeError, match="undefined_name") as error:
+        toolchain.compile(entry, source)
+    assert "\n" not in str(error.value)
+
+
+@needs_nvrtc
+def test_compiled_once_then_read_from_disk(tmp_path, monkeypatch):
+    base = _pip_nvrtc()
+    toolchain = Toolchain(base.nvrtc, base.nvrtc_version, base.include_dir, (9, 0), tmp_path / "kernels")
+    compiles = []
+    real_compile = Toolchain.compile
+
+    def counting_compile(self, entry, source):
+        compiles.append(entry)
+        return real_compile(self, entry, source)
+
+    monkeypatch.setattr(Toolchain, "compile", counting_compile)
+    monkeypatch.setattr(cuda_kernels, "_toolchain", lambda: toolchain)
+    spec, constants = ZIMAGE_KERNELS[0]
+    key = tuple(constants.items())
+    compiled.cache_clear()
+    first = compiled(spec, "bfloat16", key)
+    assert compiles == [first.entry]
+    kept = list((tmp_path / "kernels" / "sm_90a").iterdir())
+    assert [p.name for p in kept] == [toolchain.cache_path(*kernel_source(spec, "bfloat16", constants)).name]
+    assert kept[0].read_bytes() == first.cubin
+    compiled.cache_clear()  # a new process: nothing in memory, the cubin on disk
+    second = compiled(spec, "bfloat16", key)
+    assert compiles == [first.entry] and second.cubin == first.cubin
+    assert (tmp_path / "kernels").stat().st_mode & 0o777 == 0o700
+    compiled.cache_clear()
+
+
+@pytest.mark.skipif(not use_cuda_kernels(), reason="needs MLX on a CUDA GPU")
+def test_on_a_gpu_the_kernels_come_from_the_toolchain_and_run():
+    """On CUDA the fused kernels must not silently fall back to plain ops: NVRTC and the headers are found,
+    and a precompiled kernel runs with inputs, outputs and scalars in launch order."""
+    import mlx.core as mx
+
+    assert cuda_kernels._toolchain() is not None
+    for spec, constants in ZIMAGE_KERNELS:
+        assert compiled(spec, "bfloat16", tuple(constants.items())) is not None
+    kernel = compiled(SPEC, "float32", (("DIM", 2),))
+    x = mx.arange(8, dtype=mx.float32)
+    (y,) = kernel(
+        inputs=[x, mx.array([0.5])],
+        scalars=(5,),
+        grid=(8, 1, 1),
+        threadgroup=(8, 1, 1),
+        output_shapes=[(8,)],
+        output_dtypes=[mx.float32],
+    )
+    assert y[:5].tolist() == [v * 2.5 for v in range(5)]
