@@ -98,7 +98,7 @@ def child_transformer(folder: str, way: str) -> dict:
         mx.eval(model.parameters())
     else:
         ComponentLoader(source).load(
-            "transformer", ZImageTransformer(config), fuse=ZImageTransformer.fuse_projections
+            "transformer", ZImageTransformer(config), fuse=ZImageTransformer.fuse_units
         )
         read = None
     mx.synchronize()

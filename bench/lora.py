@@ -367,7 +367,7 @@ def child_merge_error(args) -> dict:
 
     loader = ComponentLoader(source, quantized="quantized-matmul")
     config = loader.config(ZImageConfig.from_dict, "transformer/config.json")
-    module = loader.load("transformer", ZImageTransformer(config), fuse=ZImageTransformer.fuse_projections)
+    module = loader.load("transformer", ZImageTransformer(config), fuse=ZImageTransformer.fuse_units)
     adapters = resolve([(str(args.adapter), 1.0)], source, ARCHITECTURE)
     layers = dict(module.named_modules())
     errors = []

@@ -60,26 +60,20 @@ def load_with(monkeypatch, threads: int, *args, **kwargs):
     return load_pipeline(*args, **kwargs)
 
 
-def fuse_lazily(transformer: ZImageTransformer):
-    """Z-Image's fusing without its evaluation block by block (as FLUX.2 fuses): the loader alone decides
-    when the fused layers are evaluated."""
-    for block in (*transformer.noise_refiner, *transformer.context_refiner, *transformer.layers):
-        block.fuse()
-
-
-@pytest.mark.parametrize("fuse", ["block by block", "lazily"])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_the_transformer_loads_as_if_evaluated_first_and_fused_after(monkeypatch, tiny_folder, threads, fuse):
+def test_the_transformer_loads_as_if_evaluated_first_and_fused_after(monkeypatch, tiny_folder, threads):
     """What the loader did before: evaluate every tensor, then concatenate q/k/v and w1/w3 (`fuse_projections`)."""
     monkeypatch.setenv(THREADS, "1")
+    monkeypatch.setattr(reading, "GROUP_BYTES", 4096)
     source = FolderSource(tiny_folder)
     config = ComponentLoader(source).config(ZImageConfig.from_dict, "transformer/config.json")
     unfused = ComponentLoader(source).load("transformer", ZImageTransformer(config))
     mx.eval(unfused.parameters())
     unfused.fuse_projections()
     monkeypatch.setenv(THREADS, str(threads))
-    hook = ZImageTransformer.fuse_projections if fuse == "block by block" else fuse_lazily
-    fused = ComponentLoader(source).load("transformer", ZImageTransformer(config), fuse=hook)
+    fused = ComponentLoader(source).load(
+        "transformer", ZImageTransformer(config), fuse=ZImageTransformer.fuse_units
+    )
     want = dict(tree_flatten(unfused.parameters()))
     got = dict(tree_flatten(fused.parameters()))
     assert want.keys() == got.keys() and any(".to_qkv." in k for k in got)
@@ -88,6 +82,35 @@ def test_the_transformer_loads_as_if_evaluated_first_and_fused_after(monkeypatch
         np.testing.assert_array_equal(
             np.array(got[name].view(mx.uint8)), np.array(value.view(mx.uint8)), name
         )
+
+
+def test_with_threads_each_block_fuses_while_the_rest_is_still_being_read(monkeypatch, tiny_folder):
+    """The parts of a fused layer are freed while reading goes on (so later reads reuse them), not all at
+    the end: with threads, blocks fuse before the last group has been read."""
+    from ollama_img.models import loading
+    from ollama_img.models.zimage.transformer import TransformerBlock
+
+    monkeypatch.setattr(reading, "GROUP_BYTES", 4096)
+    monkeypatch.setenv(THREADS, "3")
+    events = []
+    block_fuse, read = TransformerBlock.fuse, reading.read_in_threads
+    monkeypatch.setattr(TransformerBlock, "fuse", lambda self: (events.append("fuse"), block_fuse(self))[1])
+
+    def counting_read(groups, read_group, threads, on_result=None):
+        def recorded(names):
+            events.append("read")
+            return read_group(names)
+
+        return read(groups, recorded, threads, on_result)
+
+    monkeypatch.setattr(loading, "read_in_threads", counting_read)
+    source = FolderSource(tiny_folder)
+    config = ComponentLoader(source).config(ZImageConfig.from_dict, "transformer/config.json")
+    model = ComponentLoader(source).load(
+        "transformer", ZImageTransformer(config), fuse=ZImageTransformer.fuse_units
+    )
+    assert events.count("fuse") == len(model.fuse_units()) > 2
+    assert events.index("fuse") < len(events) - 1 - events[::-1].index("read")  # a fuse before the last read
 
 
 @pytest.mark.parametrize("threads", [2, 5])
@@ -198,7 +221,6 @@ from ollama_img.models.loading import ComponentLoader
 from ollama_img.models.zimage.config import ZImageConfig
 from ollama_img.models.zimage.transformer import ZImageTransformer
 from ollama_img.weights import FolderSource
-from tests.test_fast_loading import fuse_lazily
 source = FolderSource({str(tiny_folder)!r})
 config = ComponentLoader(source).config(ZImageConfig.from_dict, "transformer/config.json")
 out = []
@@ -207,7 +229,7 @@ for piece_bytes in (1 << 40, 32 << 10):
     mx.clear_cache()
     base = mx.get_active_memory()
     mx.reset_peak_memory()
-    model = ComponentLoader(source).load("transformer", ZImageTransformer(config), fuse=fuse_lazily)
+    model = ComponentLoader(source).load("transformer", ZImageTransformer(config), fuse=ZImageTransformer.fuse_units)
     resident = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     out.append(mx.get_peak_memory() - base - resident)
     del model

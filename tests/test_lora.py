@@ -281,7 +281,7 @@ def _tiny_transformer(fused: bool):
 
     loader = ComponentLoader(FolderSource(_TINY[0]), dtype=mx.float32)
     config = loader.config(ZImageConfig.from_dict, "transformer/config.json")
-    fuse = ZImageTransformer.fuse_projections if fused else None
+    fuse = ZImageTransformer.fuse_units if fused else None
     return loader.load("transformer", ZImageTransformer(config), fuse=fuse)
 
 

@@ -124,9 +124,10 @@ class ComponentLoader:
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{self.source.label}: unsupported or invalid configuration ({exc})") from None
 
-    def load(self, component: str, module: M, *, fuse: Callable[[M], None] | None = None) -> M:
-        """Load `component`'s weights into `module` (evaluated, ready to run); `fuse(module)` runs after
-        loading and before quantized layers take their final form."""
+    def load(self, component: str, module: M, *, fuse: Callable[[M], list[FuseUnit]] | None = None) -> M:
+        """Load `component`'s weights into `module` (evaluated, ready to run). `fuse(module)` names the
+        blocks whose projections merge (`FuseUnit`s); each block's `fuse()` runs once its weights are
+        loaded, before quantized layers take their final form."""
         weights = self.source.weights(component)  # lazy: only the headers are read so far
         stored_dtype = checkpoint_dtype(weights)
         if self.dtype is None:
@@ -138,29 +139,79 @@ class ComponentLoader:
         use_quantized_linears(module, {b: p for b, p in convert.quantized.items() if b not in at_load}, label)
         convert.settle(module, at_load)
         threads = load_threads(self._backend)
+        units = fuse(module) if fuse is not None else []
         with _cache_room():
             if threads == 1:  # one lazy graph, fused before it is evaluated
                 _load_strictly(module, convert(weights), label)
                 del weights
+                fuser = _Fuser(units, [], evaluate=False)  # _evaluate_in_pieces evaluates the graph
             else:  # shapes checked before anything is read, then threads read and convert groups of tensors
-                _load_strictly(module, convert(_placeholders(weights)), label)
+                expected = convert(_placeholders(weights))
+                _load_strictly(module, expected, label)
                 groups = tensor_groups(convert.units(weights))
                 del weights
+                fuser = _Fuser(units, expected, evaluate=True)
 
                 def read(names: list[str]) -> dict[str, mx.array]:
                     return convert(self.source.weights(component, names))
 
+                def install(arrays: dict[str, mx.array]) -> None:
+                    module.load_weights(list(arrays.items()), strict=False)  # names checked above
+                    fuser.loaded(arrays)
+
                 with phase("read"):
-                    _load_strictly(module, read_in_threads(groups, read, threads), label)
+                    read_in_threads(groups, read, threads, on_result=install)
             with phase("eval"):  # what is not evaluated yet is read and moved to the device here
-                if fuse is not None:
-                    fuse(module)
+                fuser.finish()
                 per_call = {
                     convert.quantized[b].mode for b, way in ways.items() if way == DEQUANTIZE_PER_CALL
                 }
                 use_dequantizing_linears(module, per_call, _linear_dtype(stored_dtype, self.dtype))
                 _evaluate_in_pieces(module)
         return module
+
+
+FuseUnit = tuple[str, nn.Module]  # (the block's parameter prefix, e.g. "layers.3"; the block, with `fuse()`)
+
+
+class _Fuser:
+    """Each block's `fuse()` as soon as all its weights are loaded, then its parameters evaluated.
+
+    With several reading threads the parts of a fused layer are freed while the threads go on reading
+    tensors of the same sizes, which reuse them; fused only after everything was read, the parts would
+    be freed last, scattered between the weights that stay, where the CUDA driver's memory pool keeps
+    them reserved (2.5-3 GB for Z-Image-Turbo on an H200, bench/RESULTS.md). With one thread the whole
+    component is one lazy graph: `finish()` fuses it unevaluated, and each piece is fused as it is read.
+    """
+
+    def __init__(self, units: list[FuseUnit], names, *, evaluate: bool):
+        self.evaluate = evaluate
+        self.waiting: dict[str, tuple[nn.Module, set[str]]] = {}
+        self.owner: dict[str, str] = {}
+        for prefix, block in units:
+            needed = {n for n in names if n.startswith(prefix + ".")}
+            self.waiting[prefix] = (block, needed)
+            self.owner.update(dict.fromkeys(needed, prefix))
+
+    def loaded(self, arrays: dict[str, mx.array]) -> None:
+        for name in arrays:
+            prefix = self.owner.get(name)
+            if prefix is None or prefix not in self.waiting:
+                continue
+            block, needed = self.waiting[prefix]
+            needed.discard(name)
+            if not needed:
+                self._fuse(prefix)
+
+    def finish(self) -> None:
+        for prefix in list(self.waiting):
+            self._fuse(prefix)
+
+    def _fuse(self, prefix: str) -> None:
+        block, _ = self.waiting.pop(prefix)
+        block.fuse()
+        if self.evaluate:
+            mx.eval(block.parameters())
 
 
 _QMM_RUNS: dict[tuple, bool] = {}

@@ -16,6 +16,7 @@ is destroyed after Python let go of the thread: see the engine scheduler's `_ret
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable
 
@@ -47,8 +48,10 @@ def load_threads(backend: str) -> int:
     return 1
 
 
-def tensor_groups(units: Iterable[tuple[list[str], int]], group_bytes: int = GROUP_BYTES) -> list[list[str]]:
-    """Consecutive units (names read together, their bytes) gathered into groups of about `group_bytes`."""
+def tensor_groups(units: Iterable[tuple[list[str], int]], group_bytes: int | None = None) -> list[list[str]]:
+    """Consecutive units (names read together, their bytes) gathered into groups of about `group_bytes`
+    (`GROUP_BYTES` when not given, read at the call)."""
+    group_bytes = group_bytes or GROUP_BYTES
     groups: list[list[str]] = []
     current: list[str] = []
     size = 0
@@ -64,17 +67,24 @@ def tensor_groups(units: Iterable[tuple[list[str], int]], group_bytes: int = GRO
 
 
 def read_in_threads(
-    groups: list[list[str]], read: Callable[[list[str]], dict[str, mx.array]], threads: int
+    groups: list[list[str]],
+    read: Callable[[list[str]], dict[str, mx.array]],
+    threads: int,
+    on_result: Callable[[dict[str, mx.array]], None] | None = None,
 ) -> dict[str, mx.array]:
     """`read(group)` for every group on `threads` worker threads, each result evaluated by its worker.
 
-    Groups are taken in order, so the first bytes of the files are read first. The first error stops the
-    workers (after the group each is reading) and is raised here.
+    Groups are taken in order, so the first bytes of the files are read first. Each evaluated result is
+    handed to `on_result` on the calling thread as soon as it is ready (by default, gathered and
+    returned). The first error, a worker's or `on_result`'s, stops the workers (after the group each is
+    reading) and is raised here.
     """
     results: dict[str, mx.array] = {}
+    handle = on_result or results.update
     errors: list[BaseException] = []
     pending = iter(groups)
     lock = threading.Lock()
+    ready: queue.SimpleQueue[dict[str, mx.array] | None] = queue.SimpleQueue()
 
     def next_group() -> list[str] | None:
         with lock:
@@ -85,14 +95,14 @@ def read_in_threads(
             while (group := next_group()) is not None:
                 arrays = read(group)
                 mx.eval(list(arrays.values()))
-                with lock:
-                    results.update(arrays)
+                ready.put(arrays)
         except BaseException as exc:  # handed to the caller, who raises it
             with lock:
                 errors.append(exc)
         finally:
             mx.synchronize()
             mx.clear_streams()
+            ready.put(None)
 
     workers = [
         threading.Thread(target=work, name=f"ollama-img-load-{i}", daemon=True)
@@ -100,6 +110,17 @@ def read_in_threads(
     ]
     for worker in workers:
         worker.start()
+    running = len(workers)
+    while running:
+        arrays = ready.get()
+        if arrays is None:
+            running -= 1
+        elif not errors:
+            try:
+                handle(arrays)
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
     for worker in workers:
         worker.join()
     if errors:

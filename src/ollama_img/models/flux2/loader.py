@@ -47,7 +47,7 @@ def load(
     except ValueError as exc:
         raise UserError(f"{label}: {exc}") from None
     loader.load("text_encoder", text_encoder)
-    transformer = loader.load("transformer", Flux2Transformer(tr_cfg), fuse=Flux2Transformer.fuse_projections)
+    transformer = loader.load("transformer", Flux2Transformer(tr_cfg), fuse=Flux2Transformer.fuse_units)
     vae = loader.load("vae", AutoencoderKLFlux2(vae_cfg))
     return Flux2KleinPipeline(
         prompt_encoder=prompt_encoder,

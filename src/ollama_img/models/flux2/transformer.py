@@ -343,11 +343,19 @@ class Flux2Transformer(nn.Module):
         self.norm_out = NormOut(dim)
         self.proj_out = nn.Linear(dim, cfg.output_channels, bias=False)
 
+    def fuse_units(self) -> list[tuple[str, nn.Module]]:
+        """The attention layers whose projections merge (double blocks) or split (single blocks), by
+        parameter prefix: the loader fuses each as soon as its weights are in (`loading.FuseUnit`)."""
+        double = [(f"transformer_blocks.{i}.attn", b.attn) for i, b in enumerate(self.transformer_blocks)]
+        single = [
+            (f"single_transformer_blocks.{i}.attn", b.attn)
+            for i, b in enumerate(self.single_transformer_blocks)
+        ]
+        return double + single
+
     def fuse_projections(self):
-        for block in self.transformer_blocks:
-            block.attn.fuse()
-        for block in self.single_transformer_blocks:
-            block.attn.fuse()
+        for _, attention in self.fuse_units():
+            attention.fuse()
 
     # -- step-independent parts ----------------------------------------------------------------
 

@@ -55,7 +55,7 @@ def load(
 
     def load_transformer() -> ZImageTransformer:
         module = loader.load(
-            "transformer", ZImageTransformer(transformer_config), fuse=ZImageTransformer.fuse_projections
+            "transformer", ZImageTransformer(transformer_config), fuse=ZImageTransformer.fuse_units
         )
         return lora.attach(module, loader.dtype)
 

@@ -280,10 +280,20 @@ class ZImageTransformer(nn.Module):
         self.layers = [TransformerBlock(cfg, modulation=True) for _ in range(cfg.n_layers)]
         self._compiled = None
 
+    def fuse_units(self) -> list[tuple[str, nn.Module]]:
+        """The blocks whose q/k/v and SwiGLU input projections merge into single matmuls, by parameter
+        prefix: the loader fuses each as soon as its weights are in (`loading.FuseUnit`)."""
+        groups = (("noise_refiner", self.noise_refiner), ("context_refiner", self.context_refiner))
+        return [
+            (f"{name}.{i}", b)
+            for name, blocks in (*groups, ("layers", self.layers))
+            for i, b in enumerate(blocks)
+        ]
+
     def fuse_projections(self):
-        """Merge q/k/v and the SwiGLU input projections into single matmuls (after loading weights), one
-        block at a time: only one block's weights are held twice while their fused copies are written."""
-        for block in (*self.noise_refiner, *self.context_refiner, *self.layers):
+        """Merge the projections of every block (after loading weights), one block at a time: only one
+        block's weights are held twice while their fused copies are written."""
+        for _, block in self.fuse_units():
             block.fuse()
             mx.eval(block.parameters())
 
