@@ -7,6 +7,7 @@ every reboot pays that again. The CUDA driver keeps what it JIT-compiles from PT
 
     <cache>/mlx/<mlx version>/sm_<compute capability>/   MLX_PTX_CACHE_DIR
     <cache>/cuda/                                        CUDA_CACHE_PATH, CUDA_CACHE_MAXSIZE
+    <cache>/kernels/sm_<compute capability>[a]/          ollama-img's own kernels (`cuda_kernels`)
 
 The MLX folder is per GPU architecture because MLX stores device code (cubins) under names that do
 not say which GPU they were built for: a home folder shared by machines with different GPUs would
