@@ -78,44 +78,55 @@ def test_bf16_unconstrained_keeps_everything_and_stays_under_24_gb():
     assert p.residency == RESIDENT and p.on_demand() == ()
     assert p.denoiser == Evaluation(1)  # pipelined: the device never waits for the host
     assert max(p.phases.values()) <= 24 * GB  # MLX's peak; the target (diffusers: 23.3 GB)
-    assert p.cache_limit == p.peak - p.overhead - p.held_after
+    assert p.cache_limit == p.mlx_peak - p.held_after
+    # what nvidia-smi shows: MLX's peak, the driver pool's reserve and the context (measured 26.68 GB)
+    assert p.peak == int(p.mlx_peak * (1 + CUDA.pool_slack)) + CUDA.overhead
+    assert 26 * GB < p.peak < 27 * GB
 
 
-def test_bf16_in_24_gb_keeps_the_text_encoder():
+def test_bf16_in_24_gb_releases_the_text_encoder_after_encoding():
+    """Resident, it measured 25.9 GB in nvidia-smi under a 24 GB budget (MLX 23.3 GB): the driver's pool
+    reserve counts, so the text encoder goes after each new prompt's encoding."""
     p = plan(None, 24)
-    assert p.residency == RESIDENT
+    assert p.residency == ENCODERS_ON_DEMAND and p.on_demand() == ("text_encoder",)
     assert p.peak <= 24 * GB
-    assert p.decoder == "layers"  # the budget's lever: the VAE evaluated layer by layer
+    assert p.decoder == "layers"  # the VAE evaluated layer by layer
 
 
-def test_bf16_in_16_gb_runs_one_stage_at_a_time():
-    p = plan(None, 16)
+def test_bf16_in_18_gb_runs_one_stage_at_a_time():
+    p = plan(None, 18)
     assert p.residency == ONE_STAGE
     assert set(p.on_demand()) == {"text_encoder", "transformer"}
     assert "transformer" not in p.holds["encode"] and "text_encoder" not in p.holds["denoise"]
-    assert p.peak <= 16 * GB
+    assert p.peak <= 18 * GB
 
 
-def test_bf16_in_12_gb_is_refused_with_what_it_needs_and_what_to_try():
+@pytest.mark.parametrize("budget", [12, 16])
+def test_bf16_in_16_gb_or_less_is_refused_with_what_it_needs_and_what_to_try(budget):
     with pytest.raises(MemoryPlanError) as info:
-        plan(None, 12)
+        plan(None, budget)
     error = info.value
     assert isinstance(error, UserError) and error.status == 503
-    assert 12 * GB < error.need < 16 * GB
+    assert 16 * GB < error.need < 18 * GB
     message = str(error)
-    assert "1024x1024" in message and "12 GB" in message and "--quantize fp8" in message
+    assert "1024x1024" in message and f"{budget} GB" in message and "--quantize fp8" in message
     assert "\n" not in message
 
 
-def test_fp8_in_12_gb_releases_the_text_encoder_and_keeps_weights_packed():
+def test_fp8_in_12_gb_runs_one_stage_at_a_time_and_keeps_weights_packed():
     p = plan("fp8", 12)
-    assert p.residency == ENCODERS_ON_DEMAND
-    assert p.on_demand() == ("text_encoder",)
+    assert p.residency == ONE_STAGE
+    assert set(p.on_demand()) == {"text_encoder", "transformer"}
     assert p.holds["load"] == ("transformer", "vae")
     assert p.component("transformer").compute == DEQUANTIZE_PER_CALL
     assert p.component("text_encoder").compute == QUANTIZED_MATMUL  # short sequences: no dequantized copy
     assert p.peak <= 12 * GB
     assert "text encoder on demand" in p.summary()
+
+
+def test_fp8_in_14_gb_releases_only_the_text_encoder():
+    p = plan("fp8", 14)
+    assert p.residency == ENCODERS_ON_DEMAND and p.on_demand() == ("text_encoder",)
 
 
 def test_fp8_with_room_keeps_everything():
@@ -124,19 +135,20 @@ def test_fp8_with_room_keeps_everything():
 
 def test_int4_in_8_gb():
     p = plan("int4", 8)
-    assert p.residency == ENCODERS_ON_DEMAND and p.peak <= 8 * GB
-    assert p.phases["load"] < p.phases["encode"]  # the text encoder comes only when a prompt does
+    assert p.residency == ONE_STAGE and p.peak <= 8 * GB
+    assert "text_encoder" not in p.holds["load"]  # the text encoder comes only when a prompt does
+    assert plan("int4", 9).residency == ENCODERS_ON_DEMAND
 
 
 def test_a_long_prompt_may_need_one_stage_at_a_time():
-    """The encoder's working set grows with the prompt: at fp8 in 12 GB a 512-token prompt does not fit
+    """The encoder's working set grows with the prompt: at fp8 in 13.3 GB a 512-token prompt does not fit
     beside the transformer."""
-    short = plan("fp8", 12)
+    short = plan("fp8", 13.3)
     long = plan_memory(
-        full_profile("fp8"), device=CUDA, budget=Budget(12 * GB, "test"), request=Request(1024, 1024)
+        full_profile("fp8"), device=CUDA, budget=Budget(int(13.3 * GB), "test"), request=Request(1024, 1024)
     )
     assert short.residency == ENCODERS_ON_DEMAND
-    assert long.residency == ONE_STAGE and long.peak <= 12 * GB
+    assert long.residency == ONE_STAGE and long.peak <= 13.3 * GB
 
 
 def test_too_large_a_size_suggests_one_that_fits():
@@ -179,9 +191,9 @@ def test_planner_plans_for_the_longest_prompt_and_defaults():
 
 
 def test_plan_json_names_what_ps_shows():
-    doc = plan("fp8", 12).to_json()
-    assert doc["residency"] == ENCODERS_ON_DEMAND
-    assert doc["peak"] <= 12 * GB and doc["budget"] == {"bytes": 12 * GB, "source": "test"}
+    doc = plan("fp8", 14).to_json()
+    assert doc["residency"] == ENCODERS_ON_DEMAND and doc["pool_slack"] == CUDA.pool_slack
+    assert doc["peak"] <= 14 * GB and doc["budget"] == {"bytes": 14 * GB, "source": "test"}
     assert {c["name"]: c["resident"] for c in doc["components"]} == {
         "text_encoder": False,
         "transformer": True,
@@ -227,7 +239,7 @@ def test_user_budget_is_cut_to_the_device():
 
 def test_mlx_limit_is_the_plans_peak_beside_other_models_within_the_budget():
     roomy = plan(None, 141)
-    assert roomy.memory_limit().bytes == roomy.peak < 25 * GB
+    assert roomy.memory_limit().bytes == roomy.peak < 27 * GB
     assert roomy.memory_limit(others=5 * GB).bytes == roomy.peak + 5 * GB
     tight = plan("int4", 8)
     assert tight.memory_limit().bytes == min(tight.peak, 8 * GB)

@@ -79,12 +79,12 @@ def engine_budget(user: Budget | None = None) -> Budget:
 
 
 def apply_limits(budget: Budget, cache_limit: int | None = None) -> None:
-    """MLX's memory limit at the budget (less the back end's own overhead, never above MLX's default),
-    and its buffer cache at `cache_limit` bytes when given."""
+    """MLX's memory limit at the budget (less the back end's own overhead and its allocator's reserve,
+    never above MLX's default), and its buffer cache at `cache_limit` bytes when given."""
     mx = require_mlx()
     if not _DEFAULT_LIMITS:
         _DEFAULT_LIMITS["memory"] = mx.get_memory_limit()
-    limit = max(1, min(_DEFAULT_LIMITS["memory"], budget.bytes - device_kind().overhead))
+    limit = max(1, min(_DEFAULT_LIMITS["memory"], device_kind().mlx_room(budget.bytes)))
     mx.set_memory_limit(limit)
     if cache_limit is not None:
         previous = mx.set_cache_limit(max(0, cache_limit))

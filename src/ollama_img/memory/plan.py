@@ -21,8 +21,10 @@ plan picks, from levers that trade speed for memory, the fastest combination who
 Evaluations that change only when the device runs the same operations come first when the sequence
 is long: they cost little time and bound the peak (MLX's CUDA allocator would otherwise keep every
 block's temporaries of a step until the device catches up). The estimates are conservative; the
-engine also sets MLX's memory limit to the budget, which makes MLX wait for the device rather than
-allocate beyond it (`memory.device.apply_limits`).
+engine also sets MLX's memory limit to the plan's peak within the budget, which makes MLX empty its
+cache and wait for the device rather than allocate beyond it (`memory.device.apply_limits`). A plan's
+peak is the device memory it needs: MLX's bytes, what the back end's allocator keeps reserved beside
+them and the back end's own overhead (`DeviceKind`).
 """
 
 from __future__ import annotations
@@ -58,13 +60,26 @@ class DeviceKind:
     overhead: int  # bytes the back end uses outside MLX's count (the CUDA context, its libraries)
     fused_attention: bool  # attention without forming the score matrix (MLX's GPU kernels)
     unfolds_convolutions: bool  # convolutions as a matmul over unfolded patches (the CPU)
+    pool_slack: float = 0.0  # what the allocator keeps reserved beyond MLX's bytes, as a fraction of them
+
+    def total_for(self, mlx_bytes: int) -> int:
+        """The device memory a process uses when MLX holds `mlx_bytes`."""
+        return int(mlx_bytes * (1 + self.pool_slack)) + self.overhead
+
+    def mlx_room(self, total: int) -> int:
+        """The bytes MLX may hold within `total` bytes of device memory (the inverse of `total_for`)."""
+        return int((total - self.overhead) / (1 + self.pool_slack))
 
 
 # The CUDA context, cuBLAS/cuDNN handles and MLX's compiled kernels live outside MLX's allocator:
-# about 0.5 GB on an H100 for a process that ran Z-Image; 0.75 GB keeps a margin (`bench/
-# gpu_memory_plan.py` prints nvidia-smi's figure beside MLX's peak to check it).
+# 0.55-0.70 GB on an H200 for a process that ran Z-Image; 0.75 GB keeps a margin. MLX takes its
+# buffers from the driver's stream-ordered pool (cudaMallocAsync), which keeps partly used chunks
+# reserved: after 1024x1024 images nvidia-smi showed 6-16% above MLX's peak beyond the context
+# (H200, bench/RESULTS.md "Memory plans on a GPU", 2026-12-03), so plans count 12% of MLX's bytes.
 DEVICES = {
-    "cuda": DeviceKind("cuda", False, overhead=750_000_000, fused_attention=True, unfolds_convolutions=False),
+    "cuda": DeviceKind(
+        "cuda", False, overhead=750_000_000, fused_attention=True, unfolds_convolutions=False, pool_slack=0.12
+    ),
     "metal": DeviceKind("metal", False, overhead=0, fused_attention=True, unfolds_convolutions=False),
     "cpu": DeviceKind("cpu", True, overhead=0, fused_attention=False, unfolds_convolutions=True),
 }
@@ -159,11 +174,18 @@ class MemoryPlan:
     phases: dict[str, int]  # phase -> estimated bytes (weights held + working set)
     overhead: int
     itemsize: int  # bytes per activation element (2: bf16; 4: float32 on the CPU)
+    pool_slack: float = 0.0  # the back end's allocator's reserve beyond MLX's bytes (`DeviceKind`)
+
+    @property
+    def mlx_peak(self) -> int:
+        """The largest phase: what MLX itself holds at the peak."""
+        return max(self.phases.values())
 
     @property
     def peak(self) -> int:
-        """The estimated peak: the largest phase, plus the device's own overhead."""
-        return max(self.phases.values()) + self.overhead
+        """The estimated peak of the device's memory: MLX's, its allocator's reserve and the device's own
+        overhead."""
+        return int(self.mlx_peak * (1 + self.pool_slack)) + self.overhead
 
     @property
     def held_after(self) -> int:
@@ -180,7 +202,7 @@ class MemoryPlan:
     @property
     def cache_limit(self) -> int:
         """MLX's buffer cache cap: the working set, so that weights plus cache stay within the peak."""
-        return max(0, self.peak - self.overhead - self.held_after)
+        return max(0, self.mlx_peak - self.held_after)
 
     def component(self, name: str) -> ComponentPlan:
         return next(c for c in self.components if c.name == name)
@@ -222,6 +244,7 @@ class MemoryPlan:
             "vae_decode": self.decoder,
             "phases": dict(self.phases),
             "overhead": self.overhead,
+            "pool_slack": self.pool_slack,
             "peak": self.peak,
             "cache_limit": self.cache_limit,
             "summary": self.summary(),
@@ -421,7 +444,7 @@ def _leanest_or_fastest(
     def held(phase: str) -> int:
         return sum(c.weights for c in components if c.name in holds[phase])
 
-    room = budget.bytes - device.overhead
+    room = device.mlx_room(budget.bytes)
     prompt_tokens = profile.prompt_tokens(request.prompt_bytes)
 
     def first_fitting(options, working):
@@ -494,6 +517,7 @@ def _leanest_or_fastest(
         decoder=decoder_mode,
         phases=phases,
         overhead=device.overhead,
+        pool_slack=device.pool_slack,
         itemsize=itemsize,
     )
 
