@@ -454,7 +454,7 @@ def publish(report: dict, out: Path | None, write: bool):
     """The table on stdout, in OUT/cold_start.md, and (--write, full size only) in bench/RESULTS.md."""
     what = "tiny model, CPU" if report["tiny"] else "full-size random-weight Z-Image-Turbo"
     header = (
-        f"Measured {report['date']} ({report['machine']}; {what}, folder and store in {report['store_dir']}), "
+        f"Measured {report['date']} ({report['machine']}; {what}, folder {report['folder']}, store in {report['store_dir']}), "
         f"each step its own process, wall clock; create took {report.get('create_s', float('nan')):.1f} s."
     )
     text = header + "\n\n" + table(report)
