@@ -39,7 +39,7 @@ ZIMAGE_KERNELS = [
 
 def test_source_declares_inputs_outputs_and_scalars_in_launch_order():
     entry, source = kernel_source(SPEC, "bfloat16", {"DIM": 64})
-    assert entry == "demo_bfloat16_DIM64"
+    assert entry.startswith("demo_bfloat16_DIM64_") and len(entry) == len("demo_bfloat16_DIM64_") + 8
     assert "using T = __nv_bfloat16;" in source and "constexpr int DIM = 64;" in source
     signature = source[source.index(f'extern "C" __global__ void {entry}(') :].split(")", 1)[0]
     params = [p.strip() for p in signature.split("(", 1)[1].split(",")]
@@ -196,3 +196,27 @@ def test_on_a_gpu_the_kernels_come_from_the_toolchain_and_run():
         output_dtypes=[mx.float32],
     )
     assert y[:5].tolist() == [v * 2.5 for v in range(5)]
+
+
+def test_variants_of_a_body_get_their_own_entry_names():
+    """MLX keeps a process's loaded kernels by name: two eps of one kernel must not share one."""
+    names = {
+        kernel_source(attention_prep._spec(eps), "bfloat16", {"HD": 128, "NH": 24})[0] for eps in (1e-5, 1e-6)
+    }
+    assert len(names) == 2
+
+
+@needs_nvrtc
+def test_a_damaged_cached_cubin_is_compiled_again(tmp_path, monkeypatch):
+    base = _pip_nvrtc()
+    toolchain = Toolchain(base.nvrtc, base.nvrtc_version, base.include_dir, (9, 0), tmp_path / "kernels")
+    monkeypatch.setattr(cuda_kernels, "_toolchain", lambda: toolchain)
+    spec, constants = ZIMAGE_KERNELS[2]
+    path = toolchain.cache_path(*kernel_source(spec, "float32", constants))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a cub")
+    compiled.cache_clear()
+    kernel = compiled(spec, "float32", tuple(constants.items()))
+    assert kernel.cubin.startswith(b"\x7fELF") and path.read_bytes() == kernel.cubin
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".partial")]
+    compiled.cache_clear()

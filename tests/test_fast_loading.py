@@ -246,3 +246,45 @@ print(json.dumps(out))
     whole, pieces = json.loads(done.stdout.strip().splitlines()[-1])
     # in pieces, what is held twice is bounded by about a piece (32 KB here); one graph holds more
     assert pieces <= 2 * (32 << 10) and pieces < whole, (pieces, whole)
+
+
+def test_a_tensor_the_threads_did_not_read_is_an_error_not_zeros(monkeypatch, tiny_folder):
+    """With threads the module is checked against placeholders first; a tensor then missing from what
+    was read must not stay a placeholder (it would be evaluated to zeros)."""
+    monkeypatch.setenv(THREADS, "3")
+
+    class Forgetful(FolderSource):
+        def weights(self, component, names=None):
+            found = super().weights(component, names)
+            if names is not None:
+                found.tensors.pop("all_x_embedder.2-1.weight", None)
+            return found
+
+    source = Forgetful(tiny_folder)
+    config = ComponentLoader(source).config(ZImageConfig.from_dict, "transformer/config.json")
+    with pytest.raises(UserError, match="not read"):
+        ComponentLoader(source).load("transformer", ZImageTransformer(config))
+
+
+def test_a_worker_whose_clean_up_fails_does_not_hang_the_load(monkeypatch):
+    calls = []
+    real_sync = mx.synchronize
+
+    def failing_sync(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("sticky device error")
+        return real_sync(*args)
+
+    monkeypatch.setattr(reading.mx, "synchronize", failing_sync)
+    groups = [[f"t{i}"] for i in range(4)]
+    done = []
+    worker = threading.Thread(
+        target=lambda: done.append(
+            pytest.raises(RuntimeError, reading.read_in_threads, groups, lambda n: {n[0]: mx.zeros(2)}, 2)
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=30)
+    assert done and "sticky" in str(done[0].value)

@@ -240,7 +240,8 @@ def test_user_budget_is_cut_to_the_device():
 def test_mlx_limit_is_the_plans_peak_beside_other_models_within_the_budget():
     roomy = plan(None, 141)
     assert roomy.memory_limit().bytes == roomy.peak < 27 * GB
-    assert roomy.memory_limit(others=5 * GB).bytes == roomy.peak + 5 * GB
+    # other models' MLX bytes count as device memory, as the peak does: MLX's limit is then theirs + its peak
+    assert roomy.memory_limit(others=5 * GB).bytes == roomy.peak + int(5 * GB * (1 + CUDA.pool_slack))
     tight = plan("int4", 8)
     assert tight.memory_limit().bytes == min(tight.peak, 8 * GB)
 

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -28,6 +29,7 @@ log = logging.getLogger("ollama_img")
 
 _CUDA_TYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
 _HEADER = "#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n\n"
+_ELF = b"\x7fELF"  # how every cubin starts
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,9 @@ class KernelSpec:
 def kernel_source(spec: KernelSpec, dtype_name: str, constants: dict[str, int]) -> tuple[str, str]:
     """The kernel's entry point name and complete CUDA source for one element type and set of constants."""
     cuda_type = _CUDA_TYPES[dtype_name]
-    entry = "_".join([spec.name, dtype_name, *(f"{k}{v}" for k, v in sorted(constants.items()))])
+    # MLX keeps a process's loaded kernels by entry name: the body's digest keeps variants apart (eps)
+    body = hashlib.sha256(spec.body.encode()).hexdigest()[:8]
+    entry = "_".join([spec.name, dtype_name, *(f"{k}{v}" for k, v in sorted(constants.items())), body])
     params = (
         [f"const {'float' if n in spec.float_inputs else 'T'}* __restrict__ {n}" for n in spec.inputs]
         + [f"T* __restrict__ {n}" for n in spec.outputs]
@@ -102,7 +106,9 @@ def compiled(
     entry, source = kernel_source(spec, dtype_name, dict(constants))
     path = toolchain.cache_path(entry, source)
     try:
-        return CompiledKernel(entry, path.read_bytes())
+        kept = path.read_bytes()
+        if kept.startswith(_ELF):  # a damaged file is compiled again and replaced
+            return CompiledKernel(entry, kept)
     except OSError:
         pass
     try:
@@ -118,13 +124,18 @@ def _store(path: Path, data: bytes) -> None:
     """Write a cubin next to its final name and rename it into place: readers never see half a file."""
     from ollama_img.caches import make_private_dirs
 
+    partial = None
     try:
         make_private_dirs([path.parent])
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_bytes(data)
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        partial = Path(name)
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
         os.replace(partial, path)
     except OSError as exc:  # a read-only or full cache costs a compile next time, nothing else
         log.warning("could not keep the compiled kernel %s: %s", path.name, exc)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -169,8 +180,9 @@ class Toolchain:
                 lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
                 text = ctypes.create_string_buffer(size.value + 1)
                 lib.nvrtcGetProgramLog(program, text)
-                first = text.value.decode(errors="replace").strip().splitlines()
-                raise RuntimeError(first[0] if first else f"NVRTC error {status}")
+                lines = text.value.decode(errors="replace").strip().splitlines()
+                errors = [line for line in lines if "error" in line] or lines
+                raise RuntimeError(errors[0] if errors else f"NVRTC error {status}")
             size = ctypes.c_size_t()
             _check(lib, lib.nvrtcGetCUBINSize(program, ctypes.byref(size)))
             cubin = ctypes.create_string_buffer(size.value)
@@ -196,11 +208,12 @@ def _toolchain() -> Toolchain | None:
     include_dir = find_cuda_include(library, _nvidia_package_dirs(), os.environ)
     capability = caches.probe_gpu()
     if library is None or include_dir is None or capability is None:
+        missing = [
+            what for what, found in (("NVRTC", library), ("the CUDA headers", include_dir)) if found is None
+        ]
         log.warning(
-            "NVRTC or the CUDA headers were not found (nvrtc %s, headers %s): plain MLX ops run instead "
-            "of ollama-img's fused CUDA kernels",
-            library,
-            include_dir,
+            "%s not found: plain MLX ops run instead of ollama-img's fused CUDA kernels",
+            " and ".join(missing or ["the GPU's architecture"]),
         )
         return None
     try:

@@ -60,7 +60,7 @@ def free_bytes() -> tuple[int, str]:
             return (
                 (int(0.9 * total), "90% of the GPU's memory")
                 if total
-                else (mx.get_memory_limit(), "MLX's limit")
+                else (_mlx_default_limit(mx), "MLX's limit")
             )
         return free + own, "free GPU memory"
     if backend == "metal":
@@ -68,8 +68,13 @@ def free_bytes() -> tuple[int, str]:
         return int(info["max_recommended_working_set_size"]), "the GPU's recommended working set"
     available = _available_ram()
     if available is None:
-        return mx.get_memory_limit(), "MLX's memory limit"
+        return _mlx_default_limit(mx), "MLX's memory limit"
     return available + own, "available RAM"
+
+
+def _mlx_default_limit(mx) -> int:
+    """MLX's own memory limit, not the one a plan set (`apply_limits` keeps the default)."""
+    return _DEFAULT_LIMITS.get("memory") or mx.get_memory_limit()
 
 
 def engine_budget(user: Budget | None = None) -> Budget:

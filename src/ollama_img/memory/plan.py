@@ -197,7 +197,10 @@ class MemoryPlan:
         that other loaded models hold. With no budget set the budget is the whole free GPU, and MLX,
         whose limit only makes it empty its cache and wait for the device, would otherwise keep buffers
         far beyond the plan (33 GB held on an H200 after two 1024x1024 images planned at 24 GB)."""
-        return Budget(others + min(self.peak, self.budget.bytes), f"the plan's peak ({self.budget.source})")
+        others_on_device = int(others * (1 + self.pool_slack))  # MLX bytes, as device memory like the peak
+        return Budget(
+            others_on_device + min(self.peak, self.budget.bytes), f"the plan's peak ({self.budget.source})"
+        )
 
     @property
     def cache_limit(self) -> int:

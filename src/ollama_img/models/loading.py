@@ -155,12 +155,21 @@ class ComponentLoader:
                 def read(names: list[str]) -> dict[str, mx.array]:
                     return convert(self.source.weights(component, names))
 
+                installed: set[str] = set()
+
                 def install(arrays: dict[str, mx.array]) -> None:
                     module.load_weights(list(arrays.items()), strict=False)  # names checked above
+                    installed.update(arrays)
                     fuser.loaded(arrays)
 
                 with phase("read"):
                     read_in_threads(groups, read, threads, on_result=install)
+                missing = sorted(set(expected) - installed)
+                if missing:  # a placeholder left in place would be evaluated to zeros
+                    raise UserError(
+                        f"{label}: weights do not match the model's configuration "
+                        f"({len(missing)} tensors were not read, e.g. {missing[0]})"
+                    )
             with phase("eval"):  # what is not evaluated yet is read and moved to the device here
                 fuser.finish()
                 per_call = {

@@ -100,9 +100,14 @@ def read_in_threads(
             with lock:
                 errors.append(exc)
         finally:
-            mx.synchronize()
-            mx.clear_streams()
-            ready.put(None)
+            try:
+                mx.synchronize()
+                mx.clear_streams()
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+            finally:
+                ready.put(None)  # the calling thread counts the workers that ended
 
     workers = [
         threading.Thread(target=work, name=f"ollama-img-load-{i}", daemon=True)
