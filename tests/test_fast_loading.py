@@ -183,7 +183,10 @@ def test_weights_that_do_not_fit_are_refused_before_threads_read_anything(monkey
     source = FolderSource(tiny_folder)
     config = ComponentLoader(source).config(ZImageConfig.from_dict, "transformer/config.json")
     config = dataclasses.replace(config, n_layers=config.n_layers + 1)
-    monkeypatch.setattr(reading, "read_in_threads", lambda *a: pytest.fail("read before the check"))
+    from ollama_img.models import loading
+
+    # the name the loader calls (patching `reading`'s would never take effect)
+    monkeypatch.setattr(loading, "read_in_threads", lambda *a, **k: pytest.fail("read before the check"))
     with pytest.raises(UserError, match="weights do not match the model's configuration"):
         ComponentLoader(source).load("transformer", ZImageTransformer(config))
 
