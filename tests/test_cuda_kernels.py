@@ -2,7 +2,6 @@
 found, the cache key, and (with pip's NVRTC, which compiles without a GPU) the real Z-Image kernels
 compiled to cubins, kept, and read back instead of compiled again."""
 
-import ctypes
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ from ollama_img.cuda_kernels import (
     find_nvrtc,
     kernel_source,
 )
-from ollama_img.models.zimage import attention_prep, fused_ops
+from ollama_img.models.zimage import attention_prep
+from tests.fixtures.full_size import zimage_kernels
 
 SPEC = KernelSpec(
     name="demo",
@@ -28,13 +28,7 @@ SPEC = KernelSpec(
     float_inputs=("angles",),
 )
 
-# The kernels a Z-Image-Turbo block launches at 1024x1024, with the full model's sizes.
-ZIMAGE_KERNELS = [
-    (fused_ops._add_norm_spec(1e-5, True), {"DIM": 3840}),
-    (fused_ops._add_norm_spec(1e-5, False), {"DIM": 3840}),
-    (fused_ops._SWIGLU_SPEC, {"HIDDEN": 10240}),
-    (attention_prep._spec(1e-5), {"HD": 128, "NH": 30}),
-]
+ZIMAGE_KERNELS = zimage_kernels()  # with the full model's sizes
 
 
 def test_source_declares_inputs_outputs_and_scalars_in_launch_order():
@@ -107,16 +101,8 @@ def test_no_toolchain_means_plain_ops(monkeypatch):
     assert compiled(SPEC, "int8", (("DIM", 64),)) is None
 
 
-def _pip_nvrtc() -> Toolchain | None:
-    dirs = cuda_kernels._nvidia_package_dirs()
-    library = find_nvrtc(cuda_kernels._loaded_libraries(), dirs)
-    include = find_cuda_include(library, dirs, {})
-    if library is None or include is None:
-        return None
-    lib = ctypes.CDLL(str(library))
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
-    return Toolchain(lib, (major.value, minor.value), include, (9, 0), Path())
+def _pip_nvrtc(capability=(9, 0), kernels_dir=Path()) -> Toolchain | None:
+    return cuda_kernels.find_toolchain(capability, kernels_dir)
 
 
 needs_nvrtc = pytest.mark.skipif(
@@ -128,8 +114,7 @@ needs_nvrtc = pytest.mark.skipif(
 @pytest.mark.parametrize("capability", [(8, 0), (9, 0)])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_zimage_kernels_compile_to_cubins(capability, dtype):
-    base = _pip_nvrtc()
-    toolchain = Toolchain(base.nvrtc, base.nvrtc_version, base.include_dir, capability, Path())
+    toolchain = _pip_nvrtc(capability)
     for spec, constants in ZIMAGE_KERNELS:
         entry, source = kernel_source(spec, dtype, constants)
         cubin = toolchain.compile(entry, source)
@@ -150,8 +135,7 @@ def test_a_compile_error_is_one_line_from_nvrtc():
 
 @needs_nvrtc
 def test_compiled_once_then_read_from_disk(tmp_path, monkeypatch):
-    base = _pip_nvrtc()
-    toolchain = Toolchain(base.nvrtc, base.nvrtc_version, base.include_dir, (9, 0), tmp_path / "kernels")
+    toolchain = _pip_nvrtc(kernels_dir=tmp_path / "kernels")
     compiles = []
     real_compile = Toolchain.compile
 
@@ -208,8 +192,7 @@ def test_variants_of_a_body_get_their_own_entry_names():
 
 @needs_nvrtc
 def test_a_damaged_cached_cubin_is_compiled_again(tmp_path, monkeypatch):
-    base = _pip_nvrtc()
-    toolchain = Toolchain(base.nvrtc, base.nvrtc_version, base.include_dir, (9, 0), tmp_path / "kernels")
+    toolchain = _pip_nvrtc(kernels_dir=tmp_path / "kernels")
     monkeypatch.setattr(cuda_kernels, "_toolchain", lambda: toolchain)
     spec, constants = ZIMAGE_KERNELS[2]
     path = toolchain.cache_path(*kernel_source(spec, "float32", constants))

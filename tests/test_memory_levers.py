@@ -207,8 +207,9 @@ def test_with_no_budget_mlx_is_held_to_the_plans_peak(tiny_folder, monkeypatch):
     assert mx.get_memory_limit() == plan.peak - plan.overhead < default
 
 
-def test_a_user_budget_below_the_plans_peak_is_the_limit(tiny_folder, monkeypatch):
+def test_with_a_user_budget_mlx_is_held_to_the_plans_peak_within_it(tiny_folder, monkeypatch):
     monkeypatch.setenv(BUDGET_ENV, "20MB")
     pipe = load_pipeline(tiny_folder)
     plan = pipe.planner.for_load()
-    assert mx.get_memory_limit() == min(plan.peak, 20 * 10**6) - plan.overhead
+    assert plan.budget.bytes == 20 * 10**6 and plan.peak <= plan.budget.bytes
+    assert mx.get_memory_limit() == plan.peak - plan.overhead

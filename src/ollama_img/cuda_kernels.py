@@ -153,11 +153,13 @@ class Toolchain:
         major, minor = self.compute_capability
         return f"sm_{major}{minor}" + ("a" if major >= 9 else "")  # as MLX compiles its own kernels
 
-    def options(self) -> list[str]:
-        return [f"--gpu-architecture={self.arch}", "--std=c++17", f"--include-path={self.include_dir}"]
+    @property
+    def flags(self) -> list[str]:
+        """What decides the code NVRTC makes (the include folder, which may move, does not)."""
+        return [f"--gpu-architecture={self.arch}", "--std=c++17"]
 
     def cache_path(self, entry: str, source: str) -> Path:
-        recipe = "\n".join([source, *self.options()[:2], "nvrtc {}.{}".format(*self.nvrtc_version)])
+        recipe = "\n".join([source, *self.flags, "nvrtc {}.{}".format(*self.nvrtc_version)])
         digest = hashlib.sha256(recipe.encode()).hexdigest()[:20]
         return self.cache_dir / self.arch / f"{entry}-{digest}.cubin"
 
@@ -172,7 +174,7 @@ class Toolchain:
             ),
         )
         try:
-            options = [o.encode() for o in self.options()]
+            options = [o.encode() for o in (*self.flags, f"--include-path={self.include_dir}")]
             argv = (ctypes.c_char_p * len(options))(*options)
             status = lib.nvrtcCompileProgram(program, len(options), argv)
             if status != 0:
@@ -200,20 +202,30 @@ def _check(lib, status: int) -> None:
 
 @cache
 def _toolchain() -> Toolchain | None:
-    """NVRTC as MLX loaded it, the CUDA headers beside it and device 0's architecture, or None."""
+    """The toolchain for device 0, its cubins kept in the user's cache folder, or None (said once)."""
     from ollama_img import caches
     from ollama_img.paths import cache_dir
 
+    capability = caches.probe_gpu()
+    if capability is None:
+        log.warning(
+            "the GPU's architecture is unknown: plain MLX ops run instead of ollama-img's CUDA kernels"
+        )
+        return None
+    return find_toolchain(capability, cache_dir() / "kernels")
+
+
+def find_toolchain(capability: tuple[int, int], kernels_dir: Path) -> Toolchain | None:
+    """NVRTC as MLX loaded it (else from pip's CUDA packages) and the CUDA headers beside it, compiling for
+    `capability`; None, with a warning, where either is missing. NVRTC needs no GPU."""
     library = find_nvrtc(_loaded_libraries(), _nvidia_package_dirs())
     include_dir = find_cuda_include(library, _nvidia_package_dirs(), os.environ)
-    capability = caches.probe_gpu()
-    if library is None or include_dir is None or capability is None:
+    if library is None or include_dir is None:
         missing = [
             what for what, found in (("NVRTC", library), ("the CUDA headers", include_dir)) if found is None
         ]
         log.warning(
-            "%s not found: plain MLX ops run instead of ollama-img's fused CUDA kernels",
-            " and ".join(missing or ["the GPU's architecture"]),
+            "%s not found: plain MLX ops run instead of ollama-img's CUDA kernels", " and ".join(missing)
         )
         return None
     try:
@@ -223,7 +235,7 @@ def _toolchain() -> Toolchain | None:
     except (OSError, RuntimeError) as exc:
         log.warning("NVRTC at %s could not be used (%s): plain MLX ops run instead", library, exc)
         return None
-    return Toolchain(nvrtc, (major.value, minor.value), include_dir, capability, cache_dir() / "kernels")
+    return Toolchain(nvrtc, (major.value, minor.value), include_dir, capability, kernels_dir)
 
 
 def _loaded_libraries() -> list[str]:

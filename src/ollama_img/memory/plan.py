@@ -62,12 +62,8 @@ class DeviceKind:
     unfolds_convolutions: bool  # convolutions as a matmul over unfolded patches (the CPU)
     pool_slack: float = 0.0  # what the allocator keeps reserved beyond MLX's bytes, as a fraction of them
 
-    def total_for(self, mlx_bytes: int) -> int:
-        """The device memory a process uses when MLX holds `mlx_bytes`."""
-        return int(mlx_bytes * (1 + self.pool_slack)) + self.overhead
-
     def mlx_room(self, total: int) -> int:
-        """The bytes MLX may hold within `total` bytes of device memory (the inverse of `total_for`)."""
+        """The bytes MLX may hold within `total` bytes of device memory (the inverse of `MemoryPlan.peak`)."""
         return int((total - self.overhead) / (1 + self.pool_slack))
 
 
@@ -492,7 +488,8 @@ def _leanest_or_fastest(
         return held("decode") + working + images
 
     # From 1024x1024 up, evaluating the VAE after each layer ran as fast as after each block (H200:
-    # 0.908 against 0.904 s/image) and peaked 3.2 GB lower (bench/RESULTS.md, memory plans on a GPU).
+    # 0.908 against 0.904 s/image) and peaked 3.2 GB lower (bench/RESULTS.md, "Issues 10 and 11 after
+    # the fixes").
     small = (request.width // 16) * (request.height // 16) < SHORT_SEQUENCE
     decode_modes = (DECODE_WHOLE, DECODE_BLOCKS, DECODE_LAYERS) if small else (DECODE_LAYERS,)
     decoder_mode = first_fitting(decode_modes, decoding)

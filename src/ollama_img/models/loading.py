@@ -207,7 +207,7 @@ class _Fuser:
             prefix = self.owner.get(name)
             if prefix is None or prefix not in self.waiting:
                 continue
-            block, needed = self.waiting[prefix]
+            needed = self.waiting[prefix][1]
             needed.discard(name)
             if not needed:
                 self._fuse(prefix)
