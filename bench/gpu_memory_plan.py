@@ -75,6 +75,9 @@ def main():
         "--time-budget", type=float, default=480.0, help="seconds for the whole run (default 480)"
     )
     ap.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (a check of this script)")
+    ap.add_argument(
+        "--only", help="only these configurations, e.g. fp8:12GB,bf16:unlimited (no diffusers, no extras)"
+    )
     ap.add_argument("--write-results", type=Path, metavar="RESULTS_JSON", help="write RESULTS.md's section")
     child = sub.add_parser("mlx")
     child.add_argument("--model", required=True)
@@ -212,12 +215,17 @@ def orchestrate(args):
         print(summary_line(result, report["runs"]))
         save()
 
-    for config in TINY_TARGETS if tiny else FULL_TARGETS:
-        run_mlx(config, required=True)
-    for mode in ("eager", "offload"):
-        run_diffusers(mode)
-    for config in TINY_EXTRAS if tiny else FULL_EXTRAS:
-        run_mlx(config, required=False)
+    if args.only:
+        for wanted in args.only.split(","):
+            quant, budget = wanted.split(":")
+            run_mlx((quant, None if budget == "unlimited" else budget), required=True)
+    else:
+        for config in TINY_TARGETS if tiny else FULL_TARGETS:
+            run_mlx(config, required=True)
+        for mode in ("eager", "offload"):
+            run_diffusers(mode)
+        for config in TINY_EXTRAS if tiny else FULL_EXTRAS:
+            run_mlx(config, required=False)
     report["elapsed_s"] = time.monotonic() - started
     save()
     print(f"done in {report['elapsed_s']:.0f} s; results in {out}/results.json and {out}/table.md")
@@ -452,6 +460,18 @@ def child_mlx(args):
         _, entry["encode_s"], entry["encode_peak_gb"] = peak_of(
             lambda i=index: pipe.encode_prompt(NEW_PROMPTS[i] + "!")
         )
+        if index == 0 and not args.legacy:  # the denoise phase under each stack evaluation, for calibration
+            plan = pipe.memory_plan
+            pipe.planner = None
+            probes = {}
+            for evaluation in (Evaluation(1), Evaluation(1, pipelined=False), Evaluation(2), Evaluation(3)):
+                pipe.memory_plan = dataclasses.replace(plan, denoiser=evaluation)
+                _, seconds, peak = peak_of(lambda kw=kw: pipe.denoise(PROMPT, seed=5, **kw))
+                probes[evaluation.describe()] = {"s": seconds, "peak_gb": peak}
+            pipe.planner, pipe.memory_plan = planner, plan
+            entry["denoise_by_evaluation"] = probes
+            entry["held_before_denoise_gb"] = pipe.resident_bytes / GB
+            print(f"{size}: denoise by evaluation {probes}")
         pipe.generate(PROMPT, seed=7, **kw)  # back to a generation's end state before measuring what is held
         plan = pipe.memory_plan
         entry["plan"] = plan.to_json()
