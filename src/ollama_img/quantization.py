@@ -106,9 +106,11 @@ STRATEGIES = (QUANTIZED_MATMUL, DEQUANTIZE_PER_CALL, DEQUANTIZE_AT_LOAD)
 #   faster for the fp4 modes; dequantizing per call is within 5% of a plain matmul.
 # - CUDA: mxfp8 quantized matmul measured 4.5x slower than bf16 at the FFN shape on an H100 (4224 tokens);
 #   dequantizing per call cost 1.16 s against 0.96 s at load for a 1024x1024 fp8 image, 1.10 against
-#   1.01 s for int4. A text encoder runs on a few hundred tokens at most, where a matmul reads its
-#   weights more than it computes: there the quantized matmul reads the packed bytes once and writes no
-#   dequantized copy (`ENCODER_ROLE`).
+#   1.01 s for int4. The text encoder dequantizes per call too, though its few hundred tokens would suit
+#   the quantized matmul: MLX compiles that kernel with NVRTC for each tile shape it picks, 45-51 s each
+#   on an H200, on the first prompt and again on some new prompt lengths, where the dequantization is
+#   precompiled in MLX's library (bench/RESULTS.md, "What a first image compiles"). Dequantizing the
+#   36 layers of a 4B encoder costs milliseconds per prompt.
 # - Metal (not in the table): MLX's quantized kernels are its fast path there.
 _STRATEGY = {
     ("cpu", "mxfp8"): DEQUANTIZE_PER_CALL,
@@ -118,14 +120,10 @@ _STRATEGY = {
     ("cuda", "nvfp4"): DEQUANTIZE_PER_CALL,
     ("cuda", "mxfp4"): DEQUANTIZE_PER_CALL,
 }
-ENCODER_ROLE = "encoder"  # `ollama_img.memory.profile.ENCODER`: short sequences
 
 
-def loading_strategy(backend: str, mode: str, role: str | None = None) -> str:
-    """How to run weights of quantization `mode` on `backend` ("metal", "cuda", "cpu") in a component of
-    `role` (None: a denoiser's long sequences)."""
-    if backend == "cuda" and role == ENCODER_ROLE:
-        return QUANTIZED_MATMUL
+def loading_strategy(backend: str, mode: str) -> str:
+    """How to run weights of quantization `mode` on `backend` ("metal", "cuda", "cpu")."""
     return _STRATEGY.get((backend, mode), QUANTIZED_MATMUL)
 
 

@@ -433,7 +433,7 @@ def _leanest_or_fastest(
             resident=residency == RESIDENT
             or c.role == DECODER
             or (c.role == DENOISER and residency != ONE_STAGE),
-            compute=loading_strategy(device.name, c.quant_mode, c.role) if c.quant_mode else "plain",
+            compute=loading_strategy(device.name, c.quant_mode) if c.quant_mode else "plain",
             quant_type=c.quant_type,
         )
         for c in profile.components
