@@ -17,6 +17,7 @@ from ollama_img.memory.plan import (
     MemoryPlanError,
     holds_for,
 )
+from ollama_img.models.residency import module_bytes
 from ollama_img.quantization import TYPES
 from ollama_img.store import import_folder, inspect_folder
 from ollama_img.weights import StoreSource
@@ -100,6 +101,40 @@ def test_text_encoder_on_demand(pipe):
     pipe.memory_plan = None
     pipe.generate("back to resident", seed=1, **SIZE)
     assert pipe.parts.is_loaded("text_encoder")  # no plan: whatever is used stays
+
+
+def test_a_released_component_leaves_mlx_at_once(pipe):
+    """Entering a phase that does not hold the text encoder gives its buffers back to the device: they
+    are not kept in MLX's buffer cache, where the next phase's differently sized buffers would not reuse
+    them (the 24 GB plan held the encoder's 8 GB there after its images on an H200)."""
+    planner = pipe.planner
+    pipe.planner, pipe.memory_plan = None, forced(pipe, ENCODERS_ON_DEMAND)
+    previous = mx.set_cache_limit(1 << 30)
+    try:
+        pipe._embeddings.clear()
+        pipe.encode_prompt("a badger")
+        encoder_bytes = module_bytes(pipe.parts.get("text_encoder"))
+        active = mx.get_active_memory()
+        pipe._enter("denoise")
+        assert not pipe.parts.is_loaded("text_encoder")
+        assert mx.get_cache_memory() == 0
+        assert active - mx.get_active_memory() >= encoder_bytes
+    finally:
+        mx.set_cache_limit(previous)
+        pipe.planner = planner
+        pipe.memory_plan = None
+
+
+def test_giving_back_trims_the_cuda_pool_only_on_cuda(monkeypatch):
+    """On CUDA the driver's pool keeps what MLX frees reserved to the process: giving back trims it. The
+    driver is not on CI, so the trim is recorded, not made; elsewhere there is no pool to trim."""
+    from ollama_img.memory import cuda_pool, device
+
+    trims = []
+    monkeypatch.setattr(cuda_pool, "trim", lambda: trims.append(1) or 123)
+    assert device.give_back() == 0 and trims == []  # the CPU back end
+    monkeypatch.setattr(device, "platform_backend", lambda: "cuda")
+    assert device.give_back() == 123 and trims == [1]
 
 
 def test_one_stage_at_a_time_releases_the_transformer_while_encoding(pipe):

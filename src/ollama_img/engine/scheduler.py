@@ -80,13 +80,12 @@ def _release(model: LoadedModel, last: bool = False):
     model.pipe = None
     gc.collect()
     try:
-        import mlx.core as mx
+        from ollama_img.memory.device import give_back, restore_limits
 
-        mx.clear_cache()
         if last:
-            from ollama_img.memory.device import restore_limits
-
             restore_limits()
+        else:
+            give_back()
     except ImportError:  # pragma: no cover - the engine cannot load a model without MLX anyway
         pass
 

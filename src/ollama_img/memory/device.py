@@ -104,7 +104,20 @@ def restore_limits() -> None:
     if "cache" in _DEFAULT_LIMITS:
         mx.set_cache_limit(_DEFAULT_LIMITS["cache"])
     _DEFAULT_LIMITS.clear()
+    give_back()
+
+
+def give_back() -> int:
+    """Hand freed memory back to the device, not only to MLX's cache: empty the cache and, on CUDA, trim
+    the driver's pool under it, where freed buffers otherwise stay reserved to the process (nvidia-smi
+    counts them). For after a component or a model is released. Returns the bytes the pool gave back."""
+    mx = require_mlx()
     mx.clear_cache()
+    if platform_backend() != "cuda":
+        return 0
+    from ollama_img.memory import cuda_pool
+
+    return cuda_pool.trim() or 0
 
 
 def _available_ram() -> int | None:

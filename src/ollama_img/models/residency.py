@@ -3,7 +3,8 @@
 The memory plan says which components a phase holds (`MemoryPlan.holds`); entering a phase releases
 the others and loads what it needs, from the same weight source as at load time (a store model's
 blobs, mapped from the page cache once read). Releasing gives the buffers back to the device at once
-(`mx.clear_cache`): the next phase's allocations must find the memory free, not in MLX's cache.
+(`memory.device.give_back`: MLX's cache emptied, the CUDA pool trimmed): the next phase's allocations
+must find the memory free, not kept by MLX or by the driver's pool.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
+
+from ollama_img.memory.device import give_back
 
 log = logging.getLogger("ollama_img.engine")
 
@@ -52,7 +54,7 @@ class Parts:
             del self._loaded[name]
         if released:
             gc.collect()
-            mx.clear_cache()
+            give_back()
 
     def release(self, name: str) -> None:
         """Release one component (it loads again, from its loader, when next needed)."""
