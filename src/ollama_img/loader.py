@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from pathlib import Path
 
 from ollama_img.adapters import resolve as resolve_adapters
@@ -13,6 +14,8 @@ from ollama_img.model_defaults import with_model_defaults
 from ollama_img.models import architecture_for
 from ollama_img.phases import phase
 from ollama_img.weights import open_source
+
+log = logging.getLogger("ollama_img.engine")
 
 
 def load_pipeline(
@@ -86,10 +89,38 @@ def _load(source, dtype, budget, planner, plan, loras=None, lora_strategy=None):
         extra["adapters"] = adapters
     elif adapters:
         raise UserError(f"{source.label}: {arch.family} models do not take LoRA adapters yet")
-    with phase("build"):  # what the loader does not mark as read or eval
-        pipe = module.load(source, dtype=dtype, **extra)
+    helpers = _start_priming(arch, source, planner, plan, dtype)
+    try:
+        if helpers is not None and helpers.job.before_load:  # no room for both: kernels first
+            with phase("prime"):
+                helpers.finish()
+            helpers = None
+        with phase("build"):  # what the loader does not mark as read or eval
+            pipe = module.load(source, dtype=dtype, **extra)
+    except BaseException:
+        if helpers is not None:
+            helpers.stop()
+        raise
+    if helpers is not None:  # the first image must find every kernel the helpers compile
+        with phase("prime"):
+            helpers.finish()
     manifest = getattr(source, "manifest", None)  # a store model's; a folder has no Modelfile
     return with_model_defaults(pipe, manifest.config.params) if manifest is not None else pipe
+
+
+def _start_priming(arch, source, planner, plan, dtype):
+    """The helpers that compile the model's GPU kernels during (or before) its load, or None when
+    there is nothing to compile (`ollama_img.priming`). A fault of priming never fails the load."""
+    from ollama_img import priming
+
+    try:
+        job = priming.plan_job(arch, source, planner, plan, dtype)
+        return priming.start(job) if job is not None else None
+    except UserError:
+        raise
+    except Exception:
+        log.exception("priming %s's GPU kernels failed; the first image compiles them", source.label)
+        return None
 
 
 def stored_adapters(source) -> list[tuple[str, float]]:

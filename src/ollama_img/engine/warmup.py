@@ -71,5 +71,5 @@ def compile_note() -> str | None:
         return None
     return (
         f"MLX's kernel cache {configured.mlx_dir} is empty: GPU kernels are compiled once now "
-        "(up to a minute); later starts reuse them"
+        "(in parallel processes where the model can prime them); later starts reuse them"
     )

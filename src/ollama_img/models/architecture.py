@@ -47,6 +47,9 @@ class Architecture:
     # knows only its weights.
     memory: Callable[[ReadJson, dict[str, Stored]], MemoryProfile] | None = None
     lora: LoraRule | None = None  # how LoRA adapters map onto its modules; None: it takes none
+    # The module that compiles its GPU kernels in helper processes before a first image
+    # (`ollama_img.priming`): `tasks`, `components_of`, `skeleton_bytes` and `run`; None: it does not.
+    priming: str | None = None
 
     def capabilities_of(self, source: WeightSource) -> Capabilities:
         """What a model loaded from `source` can do: what this version's code does with its config files.

@@ -291,10 +291,28 @@ class AutoencoderKL(nn.Module):
                 return self._decode(latents)
             return self._decode_eager(latents)
         x = self._latents_in(latents)
-        for index, piece in enumerate(self.decoder.pieces(mode)):
-            x = self._compiled.get((mode, index), piece)(x)
+        for index in range(len(self.decoder.pieces(mode))):
+            x = self.run_piece(mode, index, x)
             mx.eval(x)  # waited for: with the next piece built meanwhile, two pieces' temporaries would live
         return x
+
+    def run_piece(self, mode: str, index: int, x: mx.array) -> mx.array:
+        """Piece `index` of the decoder in `mode` (`blocks` or `layers`) on `x`, compiled on a GPU."""
+        return self._compiled.get((mode, index), self.decoder.pieces(mode)[index])(x)
+
+    def piece_inputs(
+        self, latents: mx.array, mode: str
+    ) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+        """(what, input shape, output shape) of each piece in `mode`, traced lazily: nothing is evaluated.
+        `what` names the piece's kind and channels: pieces alike compile to the same kernels."""
+        x = self._latents_in(latents)
+        out = []
+        for piece in self.decoder.pieces(mode):
+            y = piece(x)
+            name = getattr(piece, "__name__", type(piece).__name__)
+            out.append((f"{name} {x.shape[-1]}->{y.shape[-1]}", tuple(x.shape), tuple(y.shape)))
+            x = y
+        return out
 
     @property
     def shift(self) -> float:

@@ -88,4 +88,5 @@ ARCHITECTURE = Architecture(
     quantization=QUANTIZATION,
     memory=memory_profile,
     lora=LORA,
+    priming="ollama_img.models.zimage.priming",
 )
