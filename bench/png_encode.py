@@ -15,6 +15,7 @@ bench/RESULTS.md.
 import argparse
 import base64
 import json
+import os
 import platform
 import sys
 import time
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results import cpu_model, replace_section  # noqa: E402
+from ollama_img.png_writer import BANDS  # noqa: E402
 
 SIZE = 1024
 SETTINGS = [  # (label, save options)
@@ -78,6 +80,15 @@ def poster_image(seed: int, size: int = SIZE) -> Image.Image:
     return Image.fromarray(pixels.astype(np.uint8), mode="RGB")
 
 
+def best_wall_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def best_time(fn, repeats: int) -> float:
     """Best CPU time of this process over `repeats` calls: the work is single-threaded, and CPU time
     does not count the moments other processes had the core (wall time on a shared machine would)."""
@@ -121,6 +132,24 @@ def main():
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
 
+    # The engine's own writer runs on several threads: wall time, best of the repeats.
+    cells = []
+    for pictures in images.values():
+
+        def encode_all(pictures=pictures):
+            return [encode_png(image, recipe) for image in pictures]
+
+        seconds = best_wall_time(encode_all, args.repeats) / len(pictures)
+        size = sum(len(png) for png in encode_all()) / len(pictures) / 1e6
+        cells += [f"{seconds * 1e3:.0f}", f"{size:.2f}"]
+    threads = min(BANDS, os.cpu_count() or 1)
+    rows.append(
+        f"| ollama-img's writer: Paeth, {BANDS} bands, level 1, Z_RLE, {threads} threads (wall) | "
+        + " | ".join(cells)
+        + " |"
+    )
+    print(rows[-1], flush=True)
+
     png = encode_png(images["natural"][0], recipe)
     line = json.dumps({"done": True, "images": [base64.b64encode(png).decode()]}) + "\n"
     data = line.encode()
@@ -143,8 +172,11 @@ def main():
             "",
             *rows,
             "",
-            f"The engine writes with {PNG_OPTIONS} (ollama_img/png_meta.py): zlib's run-length strategy "
-            "codes the filtered rows as tightly as the default level's match search, in a third of the time.",
+            f"Pillow's rows write with the engine's old settings, {PNG_OPTIONS}, among others: zlib's "
+            "run-length strategy codes the filtered rows as tightly as the default level's match search, in "
+            "a third of the time. The engine now writes RGB images with its own writer "
+            "(ollama_img/png_writer.py): Paeth-filtered rows at the same zlib settings, in bands compressed "
+            "side by side into one stream.",
             "",
             f"PNG of {len(png) / 1e6:.2f} MB, on its way to the CLI:",
             "",

@@ -71,8 +71,16 @@ class Recipe:
 def encode_png(image: Image.Image, recipe: Recipe, *, options: dict | None = None) -> bytes:
     """The image as PNG bytes with the recipe in text chunks (iTXt where the text is not Latin-1).
 
-    `options` are Pillow's PNG save options (`compress_level`, `compress_type`, `optimize`);
-    PNG_OPTIONS by default."""
+    An RGB image is written by `png_writer` (Paeth rows, level 1 with the run-length strategy, in
+    bands on several threads: a third of Pillow's time on two cores). `options`, Pillow's PNG save
+    options (`compress_level`, `compress_type`, `optimize`), have Pillow write it instead, as do other
+    modes (PNG_OPTIONS)."""
+    if options is None and image.mode == "RGB":
+        import numpy as np
+
+        from ollama_img.png_writer import encode_rgb
+
+        return encode_rgb(np.asarray(image), recipe.text_chunks())
     info = PngImagePlugin.PngInfo()
     for key, value in recipe.text_chunks().items():
         info.add_text(key, value)
