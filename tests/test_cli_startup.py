@@ -70,3 +70,17 @@ def test_ps_against_a_running_engine_loads_no_heavy_library(world):
     assert not loaded & set(HEAVY)
     table = world.cli("ps").stdout
     assert "tiny:latest" in table  # the stdlib client read the engine's answer
+
+
+def test_registering_the_commands_leaves_the_model_families_unimported(world):
+    """`run` at a model's own size sends its request without importing the families' declarations (about
+    40 ms): a size, a strength or a LoRA given, or a store command, imports them when it needs them."""
+    code = (
+        "import json, sys; from ollama_img.cli import app; app._register_commands(); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ollama_img.models'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=world.env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []

@@ -20,8 +20,6 @@ from ollama_img import image_input
 from ollama_img.errors import UserError
 from ollama_img.image_input import InputImage
 from ollama_img.keepalive import parse_keepalive
-from ollama_img.models import size_unit
-from ollama_img.models.interface import MIN_STRENGTH
 from ollama_img.teacache import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
@@ -81,7 +79,10 @@ def text(value, name: str) -> str:
 
 def side(value, name: str) -> int:
     """An image side: a multiple of what every family's sides are multiples of (each model then checks
-    its own unit and limits)."""
+    its own unit and limits). The model families are imported only here, when a side is given: a `run`
+    at the default size starts without them."""
+    from ollama_img.models import size_unit
+
     unit = size_unit()
     value = whole(unit)(value, name)
     if value % unit:
@@ -95,6 +96,8 @@ def keep_alive(value, name: str) -> float:
 
 def fraction(value, name: str) -> float:
     """A strength: more than 0, at most 1."""
+    from ollama_img.models.interface import MIN_STRENGTH
+
     result = number(0.0)(value, name)
     if result == 0 or result > 1:
         raise UserError(f"{name} must be more than 0 and at most 1, got {shown(value)}")

@@ -20,7 +20,6 @@ from pathlib import Path
 import typer
 
 from ollama_img import viewer
-from ollama_img.adapters import parse_spec
 from ollama_img.cli import outputs
 from ollama_img.cli.app import OPTIONAL_VALUES, app
 from ollama_img.cli.completion import complete_model_names
@@ -239,7 +238,7 @@ def build_options(
     fields = {option.field: flags.pop(option.param, None) for option in OPTIONS}
     if flags:
         raise TypeError(f"unknown run options {sorted(flags)}")
-    lora_specs = [parse_spec(text, LORAS.flag) for text in fields.pop(LORAS.field) or []]
+    lora_specs = _lora_specs(fields.pop(LORAS.field) or [])
     fields[IMAGES.field] = [
         encoded(path, f"{IMAGES.flag} {path}") for path in fields[IMAGES.field] or []
     ] or None
@@ -263,6 +262,16 @@ def build_options(
     if lora_specs:
         options.fields[LORAS.field] = stored_loras(model, lora_specs)
     return options
+
+
+def _lora_specs(texts: list[str]) -> list[tuple[str, float]]:
+    """`--lora PATH[:SCALE]` values, parsed (the adapter code, and the model families it imports, only
+    when there are some: a plain `run` starts sooner)."""
+    if not texts:
+        return []
+    from ollama_img.adapters import parse_spec
+
+    return [parse_spec(text, LORAS.flag) for text in texts]
 
 
 def stored_loras(model: str, specs: list[tuple[str, float]]) -> list[dict]:
