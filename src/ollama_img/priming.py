@@ -39,7 +39,7 @@ log = logging.getLogger("ollama_img.engine")
 PRIME_ENV = "OLLAMA_IMG_PRIME"
 MARKERS = "ollama-img-primed"  # under MLX's kernel cache folder: it goes when that folder goes
 VERSION = 1  # what the tasks compile: raised when that changes, so that models prime again
-TIMEOUT_S = 300.0
+TIMEOUT_S = 120.0  # helpers that take longer are stopped: the first image compiles what they left
 WORKING_BYTES = 512 * 2**20  # a helper's working set at the skeleton's small size, with margin
 
 
