@@ -199,6 +199,10 @@ def test_a_failing_helper_costs_only_the_head_start(tiny_folder, tmp_path, monke
     job.groups = job.groups[1:]
     assert priming.start(job).finish() is True
     assert json.loads(job.marker.read_text())["family"] == "z-image"
+    job.marker = tmp_path / "marker.json" / "cannot-be-made"  # under a file: the marker cannot be written
+    with caplog.at_level(logging.WARNING, logger="ollama_img.engine"):
+        assert priming.start(job).finish() is True  # the kernels are compiled all the same
+    assert "cannot write" in caplog.records[-1].getMessage()
 
 
 def test_stopping_helpers_leaves_no_process_and_no_log(tiny_folder, monkeypatch):

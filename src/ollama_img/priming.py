@@ -104,8 +104,11 @@ class Helpers:
             )
             return False
         if job.marker is not None:
-            job.marker.parent.mkdir(parents=True, exist_ok=True)
-            job.marker.write_text(json.dumps({"family": job.family, "seconds": round(seconds, 2)}))
+            try:
+                job.marker.parent.mkdir(parents=True, exist_ok=True)
+                job.marker.write_text(json.dumps({"family": job.family, "seconds": round(seconds, 2)}))
+            except OSError as exc:  # the kernels are cached all the same; the next load primes again
+                log.warning("priming %s: cannot write %s (%s)", job.family, job.marker, exc)
         log.info(
             "compiled %s's GPU kernels in %.2fs (%d parts in %d processes)",
             job.family,
