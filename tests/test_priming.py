@@ -229,3 +229,32 @@ def test_a_quantized_store_model_primes_from_the_store(tiny_folder, store, monke
         pipe = load_pipeline("tiny:int4", store=store)
     assert any(r.getMessage().startswith("compiled z-image's GPU kernels in") for r in caplog.records)
     np.testing.assert_array_equal(np.array(pipe.generate("a kite", seed=2, **SIZE)), reference)
+
+
+def test_the_engine_primes_a_load_and_logs_it(tmp_path, tiny_folder):
+    """Through the engine: its load starts the helpers, waits for them, and logs both; the load's phases
+    gain `prime`; a bad OLLAMA_IMG_PRIME stops a `run` in one line."""
+    import re
+    from pathlib import Path
+
+    from tests.fixtures.engine_env import EngineEnv
+
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    world = EngineEnv(tmp_path, PYTHONPATH=src, OLLAMA_IMG_PRIME="1")
+    try:
+        assert world.cli("create", "tiny", "-f", str(tiny_folder)).returncode == 0
+        ran = world.cli("run", "tiny", "a kite", "--size", "64x64", "--steps", "2", "-o", "k.png")
+        assert ran.returncode == 0, ran.stderr
+        log = world.log_text()
+        assert "compiling z-image's GPU kernels once" in log and "compiled z-image's GPU kernels in" in log
+        line = re.search(r"loaded tiny:latest \(\d+ bytes\) in [\d.]+s \((.*)\)", log)
+        assert line and "prime" in dict(re.findall(r"(\w+) ([\d.]+) s", line.group(1))), log[-2000:]
+        world.shutdown()
+        world.env[priming.PRIME_ENV] = "sometimes"
+        refused = world.cli("run", "tiny", "a kite", "--size", "64x64", "--steps", "2", "-o", "k.png")
+        assert refused.returncode == 1 and world.engine_pid() is None
+        assert refused.stderr.strip().splitlines() == [
+            "Error: OLLAMA_IMG_PRIME must be auto, 1 or 0, got 'sometimes'"
+        ]
+    finally:
+        world.close()

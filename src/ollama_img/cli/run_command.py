@@ -385,10 +385,12 @@ def run(
         strength=strength,
         lora=lora,
     )
+    from ollama_img import priming
     from ollama_img.cli.transfer_commands import pull_if_missing
     from ollama_img.memory.budget import user_budget
 
     user_budget()  # a malformed OLLAMA_IMG_GPU_MEMORY fails here, not in an engine that cannot start
+    priming.policy()  # and OLLAMA_IMG_PRIME
 
     pull_if_missing(model)  # hf.co/... or a registry model not in the store: offered for pulling
     text = " ".join(prompt) if prompt else None

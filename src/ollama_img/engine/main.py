@@ -60,6 +60,7 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
     OLLAMA_IMG_GPU_MEMORY variable, else what the device has free."""
     import asyncio
 
+    from ollama_img import priming
     from ollama_img.backend import processor_name
     from ollama_img.engine import guard
     from ollama_img.engine.connections import connection_caps, raise_open_files_limit
@@ -73,6 +74,7 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
 
     keepalive = default_keepalive()
     gpu_memory = gpu_memory or user_budget()  # a malformed variable stops the start, in one line
+    priming.policy()  # OLLAMA_IMG_PRIME, likewise
     max_loaded = max_loaded_from_env()
     processor = processor_name()  # also fails early, and clearly, when MLX has no back end
     runtime.ensure_private_dir(runtime.socket_path().parent)
