@@ -10,7 +10,7 @@ A family builds each module from its config and hands it, with its component's f
 - loads strictly: every parameter gets a tensor of its shape and every tensor a parameter;
 - computes in one dtype (`compute_dtype`), casting all but Linear weights to it;
 - runs quantized Linear weights one of three ways, picked per component by the memory plan (from
-  `ollama_img.quantization.loading_strategy`: per back end, mode and the component's role), or forced:
+  `ollama_img.quantization.loading_strategy`: per back end and mode), or forced:
   - `QUANTIZED_MATMUL`: `nn.QuantizedLinear`, MLX's quantized matmul on the packed weights;
   - `DEQUANTIZE_PER_CALL`: `DequantizingLinear`, packed weights dequantized in every call and multiplied
     with a plain matmul: the quantized model's memory at about a plain matmul's speed where MLX's
