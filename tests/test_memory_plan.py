@@ -126,7 +126,8 @@ def test_fp8_in_12_gb_runs_one_stage_at_a_time_and_keeps_weights_packed():
 
 
 def test_quantized_weights_compute_where_each_back_end_is_fast():
-    """Metal runs MLX's quantized kernels; CUDA and the CPU dequantize each layer before its matmul."""
+    """Metal runs MLX's quantized kernels; CUDA, and the CPU for int4 and fp8 (not the fp4 types), dequantize
+    each layer before its matmul."""
     metal = plan("fp8", 12, device=DEVICES["metal"])
     assert {c.compute for c in metal.components if c.quant_type} == {QUANTIZED_MATMUL}
     for device, budget in (("cuda", 8), ("cpu", 16)):

@@ -43,9 +43,12 @@ def test_the_stream_is_one_valid_zlib_stream_with_its_checksum():
 
 def test_bytes_do_not_depend_on_the_threads(monkeypatch):
     pixels = picture(200, 64, seed=3)
-    many = encode_rgb(pixels, {"k": "v"})
-    monkeypatch.setattr(png_writer, "_POOL", [ThreadPoolExecutor(1)])
-    assert encode_rgb(pixels, {"k": "v"}) == many
+    written = []
+    for threads in (1, 3, 8):
+        with ThreadPoolExecutor(threads) as pool:
+            monkeypatch.setattr(png_writer, "_POOL", [pool])
+            written.append(encode_rgb(pixels, {"k": "v"}))
+    assert written[0] == written[1] == written[2]
 
 
 def test_photograph_like_images_compress_like_pillow():
@@ -61,3 +64,8 @@ def test_only_rgb_bytes_are_taken():
         encode_rgb(np.zeros((4, 4, 4), np.uint8), {})
     with pytest.raises(ValueError, match="uint8"):
         encode_rgb(np.zeros((4, 4, 3), np.float32), {})
+    for empty in ((0, 4, 3), (4, 0, 3)):  # a PNG has at least one pixel
+        with pytest.raises(ValueError, match="uint8"):
+            encode_rgb(np.zeros(empty, np.uint8), {})
+    with pytest.raises(ValueError, match="keyword"):
+        encode_rgb(np.zeros((2, 2, 3), np.uint8), {"k" * 80: "v"})

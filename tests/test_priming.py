@@ -258,3 +258,99 @@ def test_the_engine_primes_a_load_and_logs_it(tmp_path, tiny_folder):
         ]
     finally:
         world.close()
+
+
+# -- helpers that do not end well ------------------------------------------------------------------
+
+
+def sleeping_helpers(tmp_path, count=1):
+    """Helpers that never finish by themselves, under a real Job."""
+    import subprocess
+
+    job = priming.Job("z-image", {}, [[{"kind": "decode"}]] * count, False, tmp_path / "marker.json")
+    logs = []
+    for i in range(count):
+        logs.append(tmp_path / f"helper-{i}.log")
+        logs[-1].write_text("still compiling\n")
+    processes = [subprocess.Popen(["sleep", "60"]) for _ in range(count)]
+    return priming.Helpers(job, processes, logs)
+
+
+def test_a_helper_past_its_time_is_killed_and_its_last_cache_writes_forgotten(tmp_path, monkeypatch, caplog):
+    import os
+    import time
+
+    from ollama_img import caches
+
+    mlx_dir = tmp_path / "mlx"
+    (mlx_dir / priming.MARKERS).mkdir(parents=True)
+    old, fresh, marker = mlx_dir / "old.ptx", mlx_dir / "fresh.ptx", mlx_dir / priming.MARKERS / "m.json"
+    for path in (old, fresh, marker):
+        path.write_text("x")
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    monkeypatch.setattr(caches, "configure", lambda: caches.CompileCaches({caches.MLX_ENV: str(mlx_dir)}))
+    helpers = sleeping_helpers(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ollama_img.engine"):
+        assert helpers.finish(timeout=0.5) is False
+    assert helpers.processes[0].poll() is not None and not helpers.logs[0].exists()
+    assert "timed out: still compiling" in caplog.records[-1].getMessage()
+    assert old.exists() and marker.exists() and not fresh.exists()  # possibly cut short: compiled again
+    assert not helpers.job.marker.exists()
+
+
+def test_an_interrupted_wait_leaves_no_helper_behind(tmp_path):
+    import _thread
+    import threading
+
+    helpers = sleeping_helpers(tmp_path, count=2)
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        helpers.finish(timeout=30)
+    assert all(p.poll() is not None for p in helpers.processes)
+    assert not any(log.exists() for log in helpers.logs)
+
+
+def test_a_helper_that_cannot_start_stops_the_others(tiny_folder, monkeypatch):
+    import subprocess
+
+    source = FolderSource(tiny_folder)
+    planner = Planner(ARCHITECTURE.memory_of(source), DEVICES["cpu"], Budget(100 * GB, "test"))
+    monkeypatch.setenv(priming.PRIME_ENV, "1")
+    job = priming.plan_job(ARCHITECTURE, source, planner, planner.for_load(), free=100 * GB)
+    job.groups = [job.groups[0], job.groups[0]]
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        if started:
+            raise OSError(24, "Too many open files")
+        started.append(real_popen(["sleep", "60"]))
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    with pytest.raises(OSError, match="Too many open files"):
+        priming.start(job)
+    assert started[0].poll() is not None  # killed, not orphaned
+
+
+def test_the_helpers_stay_within_the_budget(tiny_folder, monkeypatch):
+    """However much the device has free, the helpers take no more than the engine's budget leaves."""
+    source = FolderSource(tiny_folder)
+    monkeypatch.setenv(priming.PRIME_ENV, "1")
+    roomy = Planner(ARCHITECTURE.memory_of(source), DEVICES["cpu"], Budget(100 * GB, "test"))
+    job = priming.plan_job(ARCHITECTURE, source, roomy, roomy.for_load(), free=100 * GB)
+    assert not job.before_load
+    tight = roomy.within(Budget(priming.WORKING_BYTES * 3 // 2, "test"))
+    job = priming.plan_job(ARCHITECTURE, source, tight, tight.for_load(), free=100 * GB)
+    assert job.before_load and len(job.groups) == 1  # one helper's working set fits, two do not
+
+
+def test_the_marker_tells_checkpoints_apart(tiny_folder, tiny_folder_f32, store):
+    """A float32 checkpoint compiles float32 kernels: it primes under its own marker."""
+    from ollama_img.store import import_folder, inspect_folder
+    from ollama_img.weights import StoreSource
+
+    bf16, f32 = (priming.stored_dtypes(FolderSource(f)) for f in (tiny_folder, tiny_folder_f32))
+    assert bf16 != f32 and "F32" in f32
+    import_folder(store, "tiny", inspect_folder(tiny_folder))
+    assert priming.stored_dtypes(StoreSource(store, "tiny")) == bf16

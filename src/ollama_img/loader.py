@@ -113,11 +113,10 @@ def _start_priming(arch, source, planner, plan, dtype):
     there is nothing to compile (`ollama_img.priming`). A fault of priming never fails the load."""
     from ollama_img import priming
 
+    priming.policy()  # a malformed OLLAMA_IMG_PRIME is the user's to fix: one clear error
     try:
         job = priming.plan_job(arch, source, planner, plan, dtype)
         return priming.start(job) if job is not None else None
-    except UserError:
-        raise
     except Exception:
         log.exception("priming %s's GPU kernels failed; the first image compiles them", source.label)
         return None

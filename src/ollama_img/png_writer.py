@@ -7,7 +7,7 @@ ended with a sync flush (a byte-aligned, non-final block), the last one finished
 one valid stream (pigz writes gzip files this way). Each band is Paeth-filtered first, from the
 image itself: the row above a band is known before anything is compressed. numpy and zlib release
 the GIL, so the bands run in parallel. The bands are fixed in number, so the same image gives the
-same bytes on any machine.
+same bytes whatever the number of threads (with the same zlib).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ _POOL: list[ThreadPoolExecutor] = []
 def encode_rgb(pixels: np.ndarray, text: dict[str, str]) -> bytes:
     """PNG bytes of (height, width, 3) uint8 `pixels`, with `text` as tEXt chunks (iTXt where a value
     is not Latin-1, as Pillow writes them)."""
-    height, width, channels = pixels.shape
-    if channels != 3 or pixels.dtype != np.uint8:
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8 or 0 in pixels.shape:
         raise ValueError(
             f"encode_rgb takes (height, width, 3) uint8 pixels, got {pixels.shape} {pixels.dtype}"
         )
+    height, width, _ = pixels.shape
     rows = np.ascontiguousarray(pixels).reshape(height, width * 3)
     edges = np.linspace(0, height, min(BANDS, height) + 1).astype(int)
     bands = list(zip(edges[:-1], edges[1:], strict=True))
@@ -85,6 +85,8 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def _text_chunk(key: str, value: str) -> bytes:
+    if not 1 <= len(key) <= 79 or "\0" in key:  # PNG's rule for keywords
+        raise ValueError(f"a PNG text keyword is 1-79 characters without NUL, got {key!r}")
     try:
         return _chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
     except UnicodeEncodeError:  # international text: uncompressed, no language tag

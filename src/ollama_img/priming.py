@@ -40,6 +40,7 @@ PRIME_ENV = "OLLAMA_IMG_PRIME"
 MARKERS = "ollama-img-primed"  # under MLX's kernel cache folder: it goes when that folder goes
 VERSION = 1  # what the tasks compile: raised when that changes, so that models prime again
 TIMEOUT_S = 120.0  # helpers that take longer are stopped: the first image compiles what they left
+RECENT_S = 2.0  # a killed helper's cache writes within this many seconds are not trusted
 WORKING_BYTES = 512 * 2**20  # a helper's working set at the skeleton's small size, with margin
 
 
@@ -82,16 +83,19 @@ class Helpers:
     def finish(self, timeout: float = TIMEOUT_S) -> bool:
         deadline = self.started + timeout
         failed = []
-        for process, errors in zip(self.processes, self.logs, strict=True):
-            try:
-                code = process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                code = "timed out"
-            if code != 0:
-                failed.append(f"{code}: {_last_line(errors)}")
-            errors.unlink(missing_ok=True)
+        try:
+            for process, errors in zip(self.processes, self.logs, strict=True):
+                try:
+                    code = process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self._kill(process)
+                    code = "timed out"
+                if code != 0:
+                    failed.append(f"{code}: {_last_line(errors)}")
+                errors.unlink(missing_ok=True)
+        except BaseException:  # interrupted while waiting: no helper outlives the load
+            self.stop()
+            raise
         seconds = time.monotonic() - self.started
         job = self.job
         if failed:
@@ -119,12 +123,35 @@ class Helpers:
         return True
 
     def stop(self) -> None:
-        """Kill the helpers (the load they were priming for failed)."""
+        """Kill the helpers still running (the load they were priming for failed), and remove their logs."""
         for process in self.processes:
-            process.kill()
-            process.wait()
+            if process.poll() is None:
+                self._kill(process)
         for errors in self.logs:
             errors.unlink(missing_ok=True)
+
+    def _kill(self, process: subprocess.Popen) -> None:
+        """Kill a helper, and forget what MLX's cache gained in its last seconds: MLX writes a module's
+        files in place, so a helper killed mid-write could leave a truncated one that every later process
+        would read (a module forgotten is only compiled again)."""
+        process.kill()
+        process.wait()
+        _forget_recent(time.time() - RECENT_S)
+
+
+def _forget_recent(since: float) -> None:
+    """Remove the files of MLX's kernel cache written after `since` (a Unix time)."""
+    from ollama_img import caches
+
+    folder = caches.configure().mlx_dir
+    if folder is None or not folder.is_dir():
+        return
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and MARKERS not in path.parts and path.stat().st_mtime >= since:
+                path.unlink()
+        except OSError:
+            pass
 
 
 def _last_line(path: Path) -> str:
@@ -153,11 +180,12 @@ def plan_job(arch, source, planner, plan, dtype=None, *, free: int | None = None
         return None
     family = importlib.import_module(arch.priming)
     tasks = family.tasks(source, planner)
-    marker = _marker(arch.family, tasks, plan, dtype)
+    marker = _marker(arch.family, tasks, plan, stored_dtypes(source), dtype)
     if mode == "auto" and (marker is None or marker.exists()):
         return None
     if free is None:
         free = _device_free()
+    free = min(free, plan.budget.bytes)  # the helpers are the engine's too: within its budget
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     grouping = _grouping(tasks, cores, _helper_bytes(family, planner, plan), free, plan.peak)
     if grouping is None:
@@ -216,6 +244,22 @@ def _device_free() -> int:
     return max(0, free_bytes()[0] - mx.get_active_memory() - mx.get_cache_memory())
 
 
+def stored_dtypes(source) -> list[str]:
+    """The dtypes the model's tensors are stored in (a float16 checkpoint computes, and compiles, in
+    float16): from a store model's manifest, or a folder's safetensors headers."""
+    from ollama_img.weights import FolderSource
+
+    manifest = getattr(source, "manifest", None)
+    if manifest is not None:
+        return sorted({layer.dtype for layer in manifest.layers if layer.is_tensor and layer.dtype})
+    if isinstance(source, FolderSource):
+        from ollama_img.store.folder import inspect_folder
+
+        found = inspect_folder(source.root).components
+        return sorted({t.dtype for c in found for shard in c.shards for t in shard.header.tensors})
+    return []
+
+
 def source_spec(source) -> dict | None:
     """How a helper opens the same weights: a folder's path, or a store's root and the model's name."""
     from ollama_img.weights import FolderSource, StoreSource
@@ -227,15 +271,15 @@ def source_spec(source) -> dict | None:
     return None
 
 
-def _marker(family: str, tasks: list[dict], plan, dtype) -> Path | None:
+def _marker(family: str, tasks: list[dict], plan, dtypes: list[str], dtype) -> Path | None:
     """The file that says these parts were primed with this MLX on this GPU (None: no such cache)."""
     from ollama_img import caches
 
     folder = caches.configure().mlx_dir
     if folder is None:
         return None
-    computes = sorted((c.name, c.compute) for c in plan.components)
-    what = json.dumps([VERSION, family, tasks, computes, str(dtype)], sort_keys=True)
+    computes = sorted((c.name, c.compute, c.quant_type or "") for c in plan.components)
+    what = json.dumps([VERSION, family, tasks, computes, dtypes, str(dtype)], sort_keys=True)
     return folder / MARKERS / f"{family}-{hashlib.sha256(what.encode()).hexdigest()[:16]}.json"
 
 
@@ -248,31 +292,34 @@ def start(job: Job) -> Helpers:
 
     caches.configure()
     env = dict(os.environ, **{PRIME_ENV: "0"})
-    processes, logs = [], []
-    for group in job.groups:
-        handle, name = tempfile.mkstemp(prefix="ollama-img-prime-", suffix=".log")
-        errors = Path(name)
-        with os.fdopen(handle, "wb") as stream:
-            argument = json.dumps({**job.spec, "tasks": group})
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "ollama_img.priming", argument],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=stream,
-                    env=env,
+    helpers = Helpers(job, [], [])
+    try:
+        for group in job.groups:
+            handle, name = tempfile.mkstemp(prefix="ollama-img-prime-", suffix=".log")
+            helpers.logs.append(Path(name))
+            with os.fdopen(handle, "wb") as stream:
+                argument = json.dumps({**job.spec, "tasks": group})
+                helpers.processes.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "ollama_img.priming", argument],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=stream,
+                        env=env,
+                    )
                 )
-            )
-        logs.append(errors)
+    except BaseException:  # a helper that cannot start (no process or file left): none of them run
+        helpers.stop()
+        raise
     where = "before loading" if job.before_load else "while loading"
     log.info(
         "compiling %s's GPU kernels once, %s: %d parts in %d processes (later loads reuse them)",
         job.family,
         where,
         job.parts,
-        len(processes),
+        len(helpers.processes),
     )
-    return Helpers(job, processes, logs)
+    return helpers
 
 
 def helper(argument: str) -> None:
@@ -303,8 +350,11 @@ def helper(argument: str) -> None:
         import mlx.core as mx
 
         dtype = getattr(mx, spec["dtype"])
+    from ollama_img.memory.device import give_back
+
     for task in spec["tasks"]:
         family.run(source, planner, task, dtype)
+        give_back()  # the next task's skeleton in the memory this one's held (`_helper_bytes`)
 
 
 if __name__ == "__main__":
