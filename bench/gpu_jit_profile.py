@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from ollama_img.priming import MARKERS  # noqa: E402  (no MLX: safe before the caches are set)
+
 PROMPT = "a photograph of a red fox in the snow, golden hour, detailed fur, shallow depth of field"
 FULL_STAGES = os.environ.get(
     "JIT_STAGES", "context,load,encode,step:1024,vae:1024:layers,vae:512:whole,generate:1024,quant"
@@ -48,7 +50,7 @@ def files(folder: Path) -> dict[str, tuple[int, float]]:
         return {}
     out = {}
     for path in folder.rglob("*"):
-        if path.is_file() and "ollama-img-primed" not in path.parts:  # priming's marker: not a module
+        if path.is_file() and MARKERS not in path.parts:  # priming's marker: not a module
             st = path.stat()
             out[str(path.relative_to(folder))] = (st.st_size, st.st_mtime)
     return out
