@@ -42,6 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import cli_timeline  # noqa: E402
+
 PROMPT = "a photograph of a red fox in the snow, golden hour, detailed fur, shallow depth of field"
 SHM = Path("/dev/shm/ollama-img-cold")
 
@@ -100,13 +102,28 @@ class Runs:
         done = self.world.cli(*args, timeout=timeout)
         return time.perf_counter() - started, done
 
-    def run(self, label: str, *flags: str, engine_running: bool) -> dict:
+    def traced_cli(self, *args: str, timeout: float = 900) -> tuple[float, subprocess.CompletedProcess, dict]:
+        """The command run through bench/cli_timeline.py: its wall time, result and the CLI's marks."""
+        marks_file = self.out / "cli_marks.json"
+        argv = [sys.executable, str(ROOT / "bench" / "cli_timeline.py"), str(marks_file), *args]
+        started, clock = time.time(), time.perf_counter()
+        done = subprocess.run(
+            argv, env=self.world.env, cwd=self.world.work, capture_output=True, text=True, timeout=timeout
+        )
+        wall = time.perf_counter() - clock
+        marks = json.loads(marks_file.read_text()) if marks_file.exists() else {}
+        return wall, done, {"started": started, "ended": started + wall, **marks}
+
+    def run(self, label: str, *flags: str, engine_running: bool, traced: bool = False) -> dict:
         log_before = len(self.world.log_text())
         started_at = time.time()
         png = self.out / f"{re.sub(r'[^a-z0-9]+', '-', label.lower()).strip('-')}.png"
-        wall, done = self.cli(
-            "run", "z-image", PROMPT, *flags, "--seed", "7", "--format", "json", "-o", str(png)
-        )
+        args = ("run", "z-image", PROMPT, *flags, "--seed", "7", "--format", "json", "-o", str(png))
+        marks = None
+        if traced:
+            wall, done, marks = self.traced_cli(*args)
+        else:
+            wall, done = self.cli(*args)
         record = {"label": label, "wall_s": wall, "ok": done.returncode == 0}
         if done.returncode != 0:
             record["error"] = done.stderr.strip()[-2000:]
@@ -136,6 +153,12 @@ class Runs:
         if record["compile_note"]:
             say(f"{label} engine log", "says the GPU kernels are compiled once now")
         record["cli_transfer_s"] = wall - (record["spawn_s"] or 0.0) - durations["total"]
+        if marks and "request sent" in marks:
+            record["cli_phases"] = cli_timeline.phases(
+                marks, marks["started"], marks["ended"], durations["total"]
+            )
+            for name, seconds in record["cli_phases"].items():
+                say(f"{label} CLI {name}", seconds)
         for key in ("wall_s", "spawn_s", "load_s", "generate_s", "encode_s", "cli_transfer_s"):
             if isinstance(record.get(key), float):
                 say(f"{label} {key[:-2]}", record[key])
@@ -316,6 +339,10 @@ def table(report: dict) -> str:
             f"| {cell(phases.get('text'))} | {cell(phases.get('denoise'))} | {cell(phases.get('decode'))} "
             f"| {cell(r.get('encode_s'))} | {cell(r.get('cli_transfer_s'))} |"
         )
+    for r in report["runs"]:
+        if r.get("cli_phases"):
+            lines += ["", f"Inside the CLI, {r['label']} (bench/cli_timeline.py), seconds:", ""]
+            lines.append(", ".join(f"{name} {seconds:.3f}" for name, seconds in r["cli_phases"].items()))
     loaded = [r for r in report["runs"] if r.get("load_phases")]
     lines += ["", "Load phases (engine log), seconds:", ""]
     for r in loaded:
@@ -424,6 +451,7 @@ def main():
         runs.run("run after the engine stopped (caches warm)", *flags, engine_running=False)
         for i in range(3):
             runs.run(f"warm run {i + 1}", *flags, engine_running=True)
+        runs.run("warm run, timed inside the CLI", *flags, engine_running=True, traced=True)
         if "new-size" not in args.skip:
             new = profile.run_flags(profile.new_size)
             size = "x".join(map(str, profile.new_size))

@@ -84,3 +84,69 @@ def test_registering_the_commands_leaves_the_model_families_unimported(world):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
+
+
+class QuickExit(Exception):
+    def __init__(self, code):
+        self.code = code
+
+
+@pytest.fixture
+def quick_exit(monkeypatch):
+    """entry()'s os._exit, caught: the status it would end the process with."""
+
+    def caught(code):
+        raise QuickExit(code)
+
+    monkeypatch.setattr("os._exit", caught)
+
+
+@pytest.mark.parametrize(
+    "argv, code",
+    [(["--version"], 0), (["rm", "no-such-model"], 1), (["run", "--no-such-flag"], 2)],
+    ids=["done", "user error", "usage error"],
+)
+def test_the_console_entry_ends_with_the_commands_status(world, quick_exit, monkeypatch, capsys, argv, code):
+    from ollama_img.cli import app
+
+    for key, value in world.env.items():
+        if key.startswith(("OLLAMA_IMG_", "XDG_", "HOME")):
+            monkeypatch.setenv(key, value)
+    ran = []
+    monkeypatch.setattr("atexit._run_exitfuncs", lambda: ran.append(True))
+    monkeypatch.setattr("sys.argv", ["ollama-img", *argv])
+    with pytest.raises(QuickExit) as ended:
+        app.entry()
+    assert ended.value.code == code
+    assert ran == [True]  # the exit handlers ran before the quick exit
+    if code == 1:
+        assert capsys.readouterr().err.startswith("Error: ")
+
+
+def test_the_console_entry_waits_for_threads_left_running(quick_exit, monkeypatch):
+    """A command that leaves a thread running exits the usual way (SystemExit), which waits for it."""
+    import threading
+
+    from ollama_img.cli import app
+
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    worker.start()
+    try:
+        monkeypatch.setattr("sys.argv", ["ollama-img", "--version"])
+        with pytest.raises(SystemExit) as ended:
+            app.entry()
+        assert ended.value.code == 0
+    finally:
+        release.set()
+        worker.join()
+
+
+def test_the_console_script_flushes_what_it_printed(world):
+    """`python -m ollama_img` (the console script's entry): piped output arrives whole, then the status."""
+    done = world.cli("list")
+    assert done.returncode == 0, done.stderr
+    assert "tiny:latest" in done.stdout and done.stdout.endswith("\n")
+    missing = world.cli("show", "no-such-model")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().count("\n") == 0 and missing.stderr.startswith("Error: ")

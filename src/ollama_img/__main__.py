@@ -1,3 +1,3 @@
-from ollama_img.cli.app import main
+from ollama_img.cli.app import entry
 
-main()
+entry()
