@@ -142,7 +142,7 @@ def _wait_until_ready(process: subprocess.Popen, sock: Path, timeout: float):
                 f"(full log: {runtime.log_path()})"
             )
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)
+        delay = min(delay * 1.5, 0.05)  # asking is cheap; a late look costs the person the difference
     raise UserError(f"the engine did not answer within {timeout:g} s; see its log: {runtime.log_path()}")
 
 
