@@ -354,3 +354,47 @@ def test_the_marker_tells_checkpoints_apart(tiny_folder, tiny_folder_f32, store)
     assert bf16 != f32 and "F32" in f32
     import_folder(store, "tiny", inspect_folder(tiny_folder))
     assert priming.stored_dtypes(StoreSource(store, "tiny")) == bf16
+
+
+ORPHAN = """
+import json, os, sys
+from ollama_img import priming
+from ollama_img.memory.budget import Budget
+from ollama_img.memory.plan import DEVICES, Planner
+from ollama_img.models.zimage import ARCHITECTURE
+from ollama_img.weights import FolderSource
+source = FolderSource(sys.argv[1])
+planner = Planner(ARCHITECTURE.memory_of(source), DEVICES["cpu"], Budget(100 * 10**9, "test"))
+job = priming.plan_job(ARCHITECTURE, source, planner, planner.for_load(), free=100 * 10**9)
+job.groups = [[{"kind": "no-such-part"}]]
+helpers = priming.start(job)
+print(json.dumps([helpers.processes[0].pid, str(helpers.logs[0])]), flush=True)
+os._exit(0)  # the engine dies without stopping its helpers
+"""
+
+
+def test_a_helper_whose_engine_died_runs_no_more_tasks(tiny_folder, monkeypatch):
+    """The helper outlives its engine only as long as the task it is in: here, none had begun, so the
+    failing task never runs (its traceback would be in the helper's log)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    monkeypatch.setenv(priming.PRIME_ENV, "1")
+    done = subprocess.run(
+        [sys.executable, "-c", ORPHAN, str(tiny_folder)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    pid, log = json.loads(done.stdout)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert not Path(f"/proc/{pid}").exists(), "the orphaned helper is still running"
+        assert "unknown priming task" not in Path(log).read_text()
+    finally:
+        Path(log).unlink(missing_ok=True)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, 9)

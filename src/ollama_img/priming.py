@@ -16,6 +16,8 @@ first image runs. Their compiles overlap, and the main process finds them cached
   its skeleton. There are never more helpers than CPU cores, since each compile takes one.
 - Failures: a helper that fails or runs out of time costs only its share of the head start. The
   first image compiles whatever is missing, as it would without priming. Nothing is marked as done.
+  A helper whose engine died finishes the task it is in (stopping in the middle of a compile could
+  leave a half-written module in the cache) and runs no more.
 """
 
 from __future__ import annotations
@@ -298,7 +300,7 @@ def start(job: Job) -> Helpers:
             handle, name = tempfile.mkstemp(prefix="ollama-img-prime-", suffix=".log")
             helpers.logs.append(Path(name))
             with os.fdopen(handle, "wb") as stream:
-                argument = json.dumps({**job.spec, "tasks": group})
+                argument = json.dumps({**job.spec, "tasks": group, "engine": os.getpid()})
                 helpers.processes.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "ollama_img.priming", argument],
@@ -353,6 +355,8 @@ def helper(argument: str) -> None:
     from ollama_img.memory.device import give_back
 
     for task in spec["tasks"]:
+        if os.getppid() != spec["engine"]:  # the engine is gone: nobody loads what the rest compiles
+            return
         family.run(source, planner, task, dtype)
         give_back()  # the next task's skeleton in the memory this one's held (`_helper_bytes`)
 
