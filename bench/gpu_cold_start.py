@@ -471,6 +471,7 @@ def main():
             report["diffusers"] = child(world, "diffusers", folder, profile, out)
     finally:
         report["runs"] = runs.records
+        (out / "engine.log").write_text(world.log_text())  # the world goes; its engine's account stays
         world.close()
         shutil.rmtree(world_root, ignore_errors=True)
     report["store_dir"] = str(base)
