@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import time
 from pathlib import Path
 
 from ollama_img.adapters import resolve as resolve_adapters
@@ -96,14 +95,8 @@ def _load(source, dtype, budget, planner, plan, loras=None, lora_strategy=None):
             with phase("prime"):
                 helpers.finish()
             helpers = None
-        warm_up = _thread_warm_up(arch, planner, plan)
-        if warm_up is None:
-            with phase("build"):  # what the loader does not mark as read or eval
-                pipe = module.load(source, dtype=dtype, **extra)
-        else:
-            build = lambda: module.load(source, dtype=dtype, **extra)  # noqa: E731
-            pipe = _load_beside(warm_up, build, helpers, source, planner, dtype)
-            helpers = None
+        with phase("build"):  # what the loader does not mark as read or eval
+            pipe = module.load(source, dtype=dtype, **extra)
     except BaseException:
         if helpers is not None:
             helpers.stop()
@@ -127,65 +120,6 @@ def _start_priming(arch, source, planner, plan, dtype):
     except Exception:
         log.exception("priming %s's GPU kernels failed; the first image compiles them", source.label)
         return None
-
-
-def _thread_warm_up(arch, planner, plan):
-    """This thread's warm-up beside the load (`priming.thread_warm_up`), or None; a fault costs only it."""
-    from ollama_img import priming
-
-    try:
-        return priming.thread_warm_up(arch, planner, plan)
-    except Exception:
-        log.exception("planning the warm-up of %s beside its load failed", arch.family)
-        return None
-
-
-def _load_beside(warm_up, load, helpers, source, planner, dtype):
-    """`load()` on a thread of its own while this thread, the one that makes the images, waits for the
-    priming helpers (if any) and then runs `warm_up`: the load's phases are recorded as if it ran here;
-    the time this thread needs beyond the load counts as "prime"."""
-    import threading
-
-    from ollama_img.memory.device import give_back
-    from ollama_img.phases import PhaseTimer, merge, recording, recording_now
-
-    timer, outcome = PhaseTimer(), {}
-
-    def run_load():
-        import mlx.core as mx
-
-        with recording() as loading:
-            try:
-                with phase("build"):
-                    outcome["pipe"] = load()
-                mx.synchronize()
-                mx.clear_streams()  # this thread's streams go with it (as the reading threads' do)
-            except BaseException as exc:  # raised on the calling thread
-                outcome["error"] = exc
-        outcome["seconds"] = sum(loading.phases.values())
-        merge(timer, loading)
-
-    started = time.monotonic()
-    loader_thread = threading.Thread(target=run_load, name="ollama-img-load", daemon=True)
-    loader_thread.start()
-    try:
-        if helpers is not None:
-            helpers.finish()
-        with recording():  # the warm-up's own loads are not this load's phases
-            warm_up.run(source, planner, dtype)
-    finally:
-        loader_thread.join()
-        if helpers is not None and "error" in outcome:
-            helpers.stop()
-    here = recording_now()
-    merge(here, timer)
-    beyond = time.monotonic() - started - outcome["seconds"]
-    if here is not None and beyond > 0:
-        here.add("prime", beyond)
-    give_back()  # the warm-up's buffers: the device's again
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["pipe"]
 
 
 def stored_adapters(source) -> list[tuple[str, float]]:

@@ -64,19 +64,6 @@ def phase(name: str) -> Iterator[None]:
             timer._inner[-1] += elapsed
 
 
-def recording_now() -> PhaseTimer | None:
-    """The recording this thread is in, if any: for work handed to another thread, whose phases it
-    records on its own timer and `merge`s when it is done."""
-    return getattr(_local, "timer", None)
-
-
-def merge(into: PhaseTimer | None, timer: PhaseTimer) -> None:
-    """Add `timer`'s phases to the recording `into` (None: nobody records)."""
-    if into is not None:
-        for name, seconds in timer.phases.items():
-            into.add(name, seconds)
-
-
 def timed(name: str):
     """Decorator form of `phase`."""
 

@@ -237,65 +237,6 @@ def _helper_bytes(family, planner, plan):
     return need
 
 
-@dataclass
-class ThreadWarmUp:
-    """The stages of a first image, run once on the thread that loads (and then makes the images) while
-    another thread reads the weights (`thread_tasks` of the family's priming module)."""
-
-    family: str
-    module: str  # the family's priming module
-    tasks: list[dict]
-    need: int  # the device memory it takes beside the load
-
-    def run(self, source, planner, dtype=None) -> bool:
-        """Run the tasks here; a fault costs only the head start (the first image does the rest)."""
-        import mlx.core as mx
-
-        family = importlib.import_module(self.module)
-        started = time.monotonic()
-        limit = mx.set_memory_limit(mx.get_memory_limit() + self.need)  # the load's limit, and room for this
-        try:
-            for task in self.tasks:
-                family.run(source, planner, task, dtype)
-        except Exception:
-            log.exception("warming %s up beside its load failed; the first image does it", self.family)
-            return False
-        finally:
-            mx.set_memory_limit(limit)
-        log.info(
-            "warmed %s's GPU libraries up on the loading thread in %.2fs, beside the load",
-            self.family,
-            time.monotonic() - started,
-        )
-        return True
-
-
-def thread_warm_up(arch, planner, plan, *, free: int | None = None) -> ThreadWarmUp | None:
-    """The warm-up of the loading thread beside this load, or None: the policy says no (`auto`: only on
-    CUDA, where the first image's handles and graphs cost time), the family cannot, or the device has
-    no room for it beside the load's peak."""
-    mode = policy()
-    if mode == "off" or arch.priming is None:
-        return None
-    from ollama_img.backend import platform_backend
-
-    on_cuda = platform_backend() == "cuda"
-    if mode == "auto" and not on_cuda:
-        return None
-    family = importlib.import_module(arch.priming)
-    if not hasattr(family, "thread_tasks"):
-        return None
-    tasks = family.thread_tasks(planner, at_default_size=on_cuda)  # elsewhere no graph is per shape
-    skeletons = {name for task in tasks for name in family.components_of(task)}
-    largest = max(family.skeleton_bytes(planner.profile, name) for name in skeletons)
-    need = int((largest + plan.working_set) * (1 + plan.pool_slack))
-    if free is None:
-        free = _device_free()
-    if need > min(free, plan.budget.bytes) - plan.peak:
-        return None
-    return ThreadWarmUp(arch.family, arch.priming, tasks, need)
-
-
 def _device_free() -> int:
     """Free device bytes, less what this process's MLX holds (other models' weights, its cache)."""
     import mlx.core as mx

@@ -203,11 +203,6 @@ class MemoryPlan:
         """MLX's buffer cache cap: the working set, so that weights plus cache stay within the peak."""
         return max(0, self.mlx_peak - self.held_after)
 
-    @property
-    def working_set(self) -> int:
-        """The largest working set of any phase: its bytes beyond the weights held during it."""
-        return max(self.phases[phase] - self._weights(self.holds[phase]) for phase in self.phases)
-
     def component(self, name: str) -> ComponentPlan:
         return next(c for c in self.components if c.name == name)
 

@@ -88,8 +88,10 @@ def tasks(source: WeightSource, planner: Planner) -> list[dict]:
     plans = [planner.for_load()]
     with contextlib.suppress(MemoryPlanError):  # a model that fits only its default size
         plans.append(planner.plan(profile.default_width // 2, profile.default_height // 2))
+    # The pipeline compiles the stack only when its plan evaluates it whole (`_velocity`); evaluated
+    # eagerly, whole or a chunk at a time, it runs the same kernels.
     compiled = compile_steps()
-    chunks = dict.fromkeys(_step_chunk(p, compiled) for p in plans)
+    chunks = dict.fromkeys(None if compiled and p.denoiser.chunk is None else 1 for p in plans)
     steps = [{"kind": "step", "chunk": chunk} for chunk in chunks]
     out: list[dict] = [{"kind": "text-layers"}, *steps, {"kind": "text-embed"}]
     vae_config = AutoencoderKLConfig.from_dict(source.read_json("vae/config.json"))
@@ -103,32 +105,6 @@ def tasks(source: WeightSource, planner: Planner) -> list[dict]:
             seen.setdefault(what, index)
         out += [{"kind": "decode", "mode": mode, "piece": index} for index in seen.values()]
     return out
-
-
-def thread_tasks(planner: Planner, at_default_size: bool = True) -> list[dict]:
-    """What the loading thread runs beside the load: each stage of a first image once, at the model's
-    default size (else at the helpers' small size, which runs the same code). On CUDA, MLX keeps its
-    cuBLAS and cuDNN handles, and cuDNN's attention and convolution graphs (one per shape), per thread:
-    a new engine's first image made them all, about 0.85 s on an H100 with warm caches
-    (bench/RESULTS.md), unless the thread that makes the images made them while the weights were read."""
-    from ollama_img.backend import compile_steps
-
-    plan = planner.for_load()
-    profile = planner.profile
-    width, height = (profile.default_width, profile.default_height) if at_default_size else (SIDE, SIDE)
-    size = {"width": width, "height": height}
-    return [
-        {"kind": "text-layers"},
-        {"kind": "text-embed"},
-        {"kind": "step", "chunk": _step_chunk(plan, compile_steps()), **size},
-        {"kind": "decode", "mode": plan.decoder, **size},
-    ]
-
-
-def _step_chunk(plan, compiled: bool) -> int | None:
-    """The pipeline compiles the stack only when its plan evaluates it whole (`_velocity`); evaluated
-    eagerly, whole or a chunk at a time, it runs the same kernels."""
-    return None if compiled and plan.denoiser.chunk is None else 1
 
 
 def _piece_inputs(vae, mode: str, side: int = SIDE) -> list[tuple[str, tuple[int, ...]]]:
@@ -166,8 +142,7 @@ def skeleton_bytes(profile: MemoryProfile, component: str) -> int:
 
 
 def run(source: WeightSource, planner: Planner, task: dict, dtype=None) -> None:
-    """Compile one part: load only what the task needs from the skeleton and run it once, at `SIDE` or
-    at the task's `width` and `height`; a decode task without a `piece` decodes whole, in its mode."""
+    """Compile one part: load only what the task needs from the skeleton and run it once at `SIDE`."""
     import mlx.core as mx
 
     from ollama_img.models.zimage import loader
@@ -181,7 +156,6 @@ def run(source: WeightSource, planner: Planner, task: dict, dtype=None) -> None:
     )
     pipe = loader.load(SkeletonSource(source), dtype, plan=skeleton_plan)
     kind = task["kind"]
-    width, height = task.get("width", SIDE), task.get("height", SIDE)
     if kind == "text-embed":
         mx.eval(pipe.text_encoder.embed_tokens(mx.array([[1, 2, 3]])))
     elif kind == "text-layers":  # the layers' kernels, apart from the embedding's gather
@@ -193,13 +167,12 @@ def run(source: WeightSource, planner: Planner, task: dict, dtype=None) -> None:
     elif kind == "step":  # a cached prompt embedding: the step runs without the text encoder
         width = pipe.transformer_config.cap_feat_dim
         pipe._embeddings[PROMPT] = mx.random.normal((1, 40, width)).astype(pipe.dtype)
-        mx.eval(pipe.denoise(PROMPT, width=width, height=height, steps=1, seed=0))
+        mx.eval(pipe.denoise(PROMPT, width=SIDE, height=SIDE, steps=1, seed=0))
     elif kind == "decode":
         vae = pipe.vae
-        factor = vae.config.scale_factor
-        latents = mx.random.normal((1, vae.config.latent_channels, height // factor, width // factor))
-        if task["mode"] == "whole" or "piece" not in task:
-            mx.eval(vae.decode(latents.astype(pipe.dtype), task["mode"]))
+        latents = mx.random.normal((1, vae.config.latent_channels, SIDE // 8, SIDE // 8)).astype(pipe.dtype)
+        if task["mode"] == "whole":
+            mx.eval(vae.decode(latents, "whole"))
         else:
             _, shape = _piece_inputs(vae, task["mode"])[task["piece"]]
             x = mx.random.normal(shape).astype(pipe.dtype)
