@@ -248,3 +248,39 @@ def test_with_a_user_budget_mlx_is_held_to_the_plans_peak_within_it(tiny_folder,
     plan = pipe.planner.for_load()
     assert plan.budget.bytes == 20 * 10**6 and plan.peak <= plan.budget.bytes
     assert mx.get_memory_limit() == plan.peak - plan.overhead
+
+
+def test_an_idle_engine_gives_its_freed_memory_back(tiny_folder, store, monkeypatch):
+    """The scheduler, after a job and a few seconds with nothing to do, empties MLX's buffer cache (on
+    CUDA it also trims the driver's pool): the model's weights stay, the peak's buffers go."""
+    import asyncio
+    import time
+
+    from ollama_img.engine.jobs import DONE
+    from ollama_img.engine.params import GenerateParams
+    from ollama_img.engine.scheduler import Scheduler
+
+    import_folder(store, "tiny", inspect_folder(tiny_folder))
+    monkeypatch.setenv("OLLAMA_IMG_MODELS", str(store.root))
+
+    async def scenario():
+        scheduler = Scheduler(default_keepalive=60)
+        scheduler.idle_give_back_s = 1.5
+        scheduler.start()
+        try:
+            params = GenerateParams(model="tiny:latest", prompt="a kite", seed=1, **SIZE)
+            outcome = await asyncio.wait_for(scheduler.submit(params, None).outcome(), timeout=120)
+            assert outcome.kind == DONE
+            cached_after_the_job = mx.get_cache_memory()
+            deadline = time.monotonic() + 30
+            while mx.get_cache_memory() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            (model,) = scheduler.loaded_models()
+            return cached_after_the_job, mx.get_cache_memory(), model.pipe is not None
+        finally:
+            await scheduler.close()
+
+    cached_after_the_job, cached_later, still_loaded = asyncio.run(scenario())
+    assert cached_after_the_job > 0
+    assert cached_later == 0
+    assert still_loaded

@@ -47,6 +47,10 @@ from ollama_img.png_meta import Recipe, encode_png
 
 log = logging.getLogger("ollama_img.engine")
 STOP_WAIT = 60.0  # seconds `stop` waits for an idle model's memory to be freed before answering anyway
+# Seconds with nothing to do after a job before the engine gives its freed memory back to the device
+# (MLX's buffer cache, and on CUDA the driver pool's empty chunks): back-to-back images keep their
+# buffers; an engine left waiting for the next prompt holds its models' weights, not their peak.
+IDLE_GIVE_BACK_S = 2.0
 
 
 @dataclass
@@ -72,6 +76,15 @@ class LoadedModel:
 
     def seconds_left(self) -> float:
         return self.expires_at - time.monotonic()
+
+
+def _give_back_idle():
+    """On the worker, with nothing to do: freed memory to the device (`memory.device.give_back`)."""
+    try:
+        from ollama_img.memory.device import give_back
+    except ImportError:  # pragma: no cover - the engine cannot load a model without MLX anyway
+        return
+    give_back()
 
 
 def _release(model: LoadedModel, last: bool = False):
@@ -122,6 +135,8 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self.warm_up = warmup.WarmUpPolicy.from_env()
+        self.idle_give_back_s = IDLE_GIVE_BACK_S
+        self._give_back_at: float | None = None  # when an idle engine gives its freed memory back
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -242,9 +257,16 @@ class Scheduler:
             job = self._queue.popleft()
             self._announce_positions()
             await self._run(job)
+            self._give_back_at = time.monotonic() + self.idle_give_back_s
+            return
+        if self._give_back_at is not None and time.monotonic() >= self._give_back_at:
+            self._give_back_at = None
+            await self._in_worker(_give_back_idle)
             return
         self._wake.clear()
         deadline = min((m.seconds_left() for m in self._loaded.values()), default=math.inf)
+        if self._give_back_at is not None:
+            deadline = min(deadline, self._give_back_at - time.monotonic())
         timeout = None if math.isinf(deadline) else max(0.0, deadline)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
