@@ -4,8 +4,8 @@
 
 Runs the real console entry point (`entry`) in this process, watching its socket calls from outside (the
 package is not changed): when the CLI module was imported, when the generate request left (the
-last request body sent), when the first and last bytes of the engine's answer came in, when the
-command returned. The marks are wall-clock times (time.time()), written to MARKS.json at exit so
+last request body sent), when the last bytes of the engine's answer came in, when the command
+returned. The marks are wall-clock times (time.time()), written to MARKS.json at exit so
 that the caller, which knows when it started the process, can place interpreter start-up and exit.
 """
 
@@ -18,17 +18,12 @@ import time
 MARKS: dict[str, float] = {}
 
 
-def _mark(name: str, first: bool = False):
-    if not (first and name in MARKS):
-        MARKS[name] = time.time()
+def _mark(name: str):
+    MARKS[name] = time.time()
 
 
 def _watch_sockets():
-    connect, sendall, recv_into = socket.socket.connect, socket.socket.sendall, socket.socket.recv_into
-
-    def watched_connect(self, address):
-        _mark("first connect", first=True)
-        return connect(self, address)
+    sendall, recv_into = socket.socket.sendall, socket.socket.recv_into
 
     def watched_sendall(self, data, *args):
         _mark("request sent")  # the last send is the generate request's body
@@ -36,12 +31,9 @@ def _watch_sockets():
 
     def watched_recv_into(self, buffer, *args):
         count = recv_into(self, buffer, *args)
-        if "request sent" in MARKS and MARKS["request sent"] >= MARKS.get("answer started", 0):
-            MARKS["answer started"] = time.time()
         _mark("last bytes in")
         return count
 
-    socket.socket.connect = watched_connect
     socket.socket.sendall = watched_sendall
     socket.socket.recv_into = watched_recv_into
 

@@ -109,9 +109,9 @@ def entry():
     import os
     import threading
 
+    code = 0
     try:
-        main()
-        code = 0
+        main()  # ends in SystemExit
     except SystemExit as exc:
         if threading.active_count() > 1:
             raise

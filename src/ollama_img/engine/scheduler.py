@@ -78,15 +78,6 @@ class LoadedModel:
         return self.expires_at - time.monotonic()
 
 
-def _give_back_idle():
-    """On the worker, with nothing to do: freed memory to the device (`memory.device.give_back`)."""
-    try:
-        from ollama_img.memory.device import give_back
-    except ImportError:  # pragma: no cover - the engine cannot load a model without MLX anyway
-        return
-    give_back()
-
-
 def _release(model: LoadedModel, last: bool = False):
     """Drop the model's pipeline (its last reference) on the worker thread and give its memory back; the
     `last` model gone, MLX's own limits come back too."""
@@ -257,11 +248,14 @@ class Scheduler:
             job = self._queue.popleft()
             self._announce_positions()
             await self._run(job)
-            self._give_back_at = time.monotonic() + self.idle_give_back_s
+            if self._loaded:  # something ran on the device (MLX is there): its peak's buffers go soon
+                self._give_back_at = time.monotonic() + self.idle_give_back_s
             return
         if self._give_back_at is not None and time.monotonic() >= self._give_back_at:
+            from ollama_img.memory.device import give_back
+
             self._give_back_at = None
-            await self._in_worker(_give_back_idle)
+            await self._in_worker(give_back)
             return
         self._wake.clear()
         deadline = min((m.seconds_left() for m in self._loaded.values()), default=math.inf)
