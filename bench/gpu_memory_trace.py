@@ -1,18 +1,18 @@
-"""Where one Z-Image generation's memory peak happens: MLX's active memory, cache and peak at each
-evaluation point of a generation under a memory plan.
+"""Where a Z-Image engine's memory peaks happen, in MLX and in the CUDA driver's pool under it, from the
+load through three images under a memory plan.
 
     python bench/gpu_memory_trace.py MODEL [--budget 8GB] [--size 1024] [--json OUT.json]
 
-MODEL is a folder or a store name (OLLAMA_IMG_MODELS says which store). The model is loaded under the
-budget's plan and makes one image first (compiles, loads what the plan loads on demand); the second
-image, of the same prompt unless --new-prompt, is traced. The trace records, at every point where the memory plan's evaluation waits for the
-device (after each chunk of transformer or text-encoder blocks, `models.evaluation.Chunks`), after
-each step and around the text, caption and decode stages:
-- the active bytes;
-- the peak since the point before (MLX's peak, reset at each point);
-- the cache.
-The stage boundaries synchronise the device, which the pipeline would not. The largest peaks are
-printed with where they happened: the stage, the step, the block.
+MODEL is a folder or a store name (OLLAMA_IMG_MODELS says which store). The trace covers the load, a
+first image (compiles, loads what the plan loads on demand), a second of the same prompt and a third of
+a new prompt (the text encoder runs again). It records, at every point where the memory plan's
+evaluation waits for the device (after each chunk of transformer or text-encoder blocks,
+`models.evaluation.Chunks`), after each step and around the load, text, caption and decode stages:
+- MLX's active bytes, its cache, and its peak since the point before (reset at each point);
+- on CUDA, what the driver's pool reserves and uses now, and the most of each since the point before
+  (nvidia-smi counts the pool's reserve plus the context, about 0.6 GB).
+The stage boundaries synchronise the device, which the pipeline would not. The largest peaks of MLX and
+of the pool are printed with where they happened: the image, the stage, the step, the block.
 """
 
 from __future__ import annotations
@@ -35,9 +35,6 @@ def main():
     ap.add_argument("--budget", default=None, help="OLLAMA_IMG_GPU_MEMORY for the load (default: none)")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument(
-        "--new-prompt", action="store_true", help="trace an image of another prompt (text encoder runs)"
-    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.budget:
@@ -46,30 +43,35 @@ def main():
     import mlx.core as mx
 
     from ollama_img import load_pipeline
+    from ollama_img.memory import cuda_pool
     from ollama_img.models import evaluation
     from ollama_img.models.zimage.pipeline import ZImagePipeline
 
     events: list[dict] = []
-    where = {"stage": "start", "step": None, "block": 0}
-    tracing = {"on": False}
+    where = {"image": 0, "stage": "start", "step": None, "block": 0}
 
     def record(what: str, sync: bool = False):
-        if not tracing["on"]:
-            return
         if sync:
             mx.synchronize()
+        pool = cuda_pool.usage()
         events.append(
             {
                 "what": what,
+                "image": where["image"],
                 "stage": where["stage"],
                 "step": where["step"],
                 "block": where["block"],
                 "active_gb": mx.get_active_memory() / GB,
                 "peak_gb": mx.get_peak_memory() / GB,
                 "cache_gb": mx.get_cache_memory() / GB,
+                "pool_reserved_gb": pool and pool.reserved / GB,
+                "pool_used_gb": pool and pool.used / GB,
+                "pool_reserved_high_gb": pool and pool.reserved_high / GB,
+                "pool_used_high_gb": pool and pool.used_high / GB,
             }
         )
         mx.reset_peak_memory()
+        cuda_pool.reset_high()
 
     after = evaluation.Chunks.after
 
@@ -104,31 +106,35 @@ def main():
         where["stage"], where["step"], where["block"] = "denoise", step, 0
         record("step done")
 
+    mx.eval(mx.zeros(1))
+    record("context", sync=True)
+    where["stage"] = "load"
     pipe = load_pipeline(args.model)
+    record("loaded", sync=True)
     size = {"width": args.size, "height": args.size}
     if args.steps:
         size["steps"] = args.steps
     plan = getattr(pipe, "memory_plan", None)
     print("plan:", "; ".join(plan.summary()) if plan else "none", flush=True)
-    pipe.generate("a red fox in the snow", seed=1, **size)
-    mx.synchronize()
-    mx.reset_peak_memory()
-    tracing["on"] = True
-    record("before the traced image", sync=True)
-    where["stage"] = "denoise"
-    prompt = "an old lighthouse on a cliff at night" if args.new_prompt else "a red fox in the snow"
-    pipe.generate(prompt, seed=2, on_step=on_step, **size)
-    record("done", sync=True)
-    tracing["on"] = False
+    prompts = ("a red fox in the snow", "a red fox in the snow", "an old lighthouse on a cliff at night")
+    for image, prompt in enumerate(prompts, 1):
+        where.update(image=image, stage="denoise", step=None, block=0)
+        pipe.generate(prompt, seed=image, on_step=on_step, **size)
+        where["stage"] = "after"
+        record("done", sync=True)
 
-    worst = sorted(events, key=lambda e: e["peak_gb"], reverse=True)[:8]
-    print(f"{len(events)} points; the largest peaks since the point before (GB):", flush=True)
-    for e in worst:
-        print(
-            f"  peak {e['peak_gb']:.2f}, then active {e['active_gb']:.2f}, cache {e['cache_gb']:.2f}: "
-            f"{e['what']} in {e['stage']} (step {e['step']}, block {e['block']})",
-            flush=True,
-        )
+    def show(key: str, title: str):
+        print(f"{len(events)} points; the largest {title} since the point before (GB):", flush=True)
+        for e in sorted(events, key=lambda e: e[key] or 0, reverse=True)[:8]:
+            print(
+                f"  {e[key] or 0:.2f}: MLX active {e['active_gb']:.2f}, cache {e['cache_gb']:.2f}, "
+                f"pool reserved {e['pool_reserved_gb'] or 0:.2f}, used {e['pool_used_gb'] or 0:.2f}; "
+                f"{e['what']}, image {e['image']} {e['stage']} (step {e['step']}, block {e['block']})",
+                flush=True,
+            )
+
+    show("peak_gb", "MLX peaks")
+    show("pool_reserved_high_gb", "pool reserves")
     if args.json:
         args.json.write_text(
             json.dumps({"plan": plan.summary() if plan else None, "events": events}, indent=1)

@@ -107,7 +107,7 @@ def quick_exit(monkeypatch):
     ids=["done", "user error", "usage error"],
 )
 def test_the_console_entry_ends_with_the_commands_status(world, quick_exit, monkeypatch, capsys, argv, code):
-    from ollama_img.cli import app
+    from ollama_img.cli import console
 
     for key, value in world.env.items():
         if key.startswith(("OLLAMA_IMG_", "XDG_", "HOME")):
@@ -118,7 +118,7 @@ def test_the_console_entry_ends_with_the_commands_status(world, quick_exit, monk
     # test's PNG pool) are not the command's
     monkeypatch.setattr("sys.argv", ["ollama-img", *argv])
     with pytest.raises(QuickExit) as ended:
-        app.entry()
+        console.entry()
     assert ended.value.code == code
     assert ran == [True]  # the exit handlers ran before the quick exit
     if code == 1:
@@ -129,7 +129,7 @@ def test_the_console_entry_waits_for_threads_left_running(quick_exit, monkeypatc
     """A command that leaves a thread running exits the usual way (SystemExit), which waits for it."""
     import threading
 
-    from ollama_img.cli import app
+    from ollama_img.cli import console
 
     release = threading.Event()
     worker = threading.Thread(target=release.wait)
@@ -137,7 +137,7 @@ def test_the_console_entry_waits_for_threads_left_running(quick_exit, monkeypatc
     try:
         monkeypatch.setattr("sys.argv", ["ollama-img", "--version"])
         with pytest.raises(SystemExit) as ended:
-            app.entry()
+            console.entry()
         assert ended.value.code == 0
     finally:
         release.set()

@@ -1,3 +1,3 @@
-from ollama_img.cli.app import entry
+from ollama_img.cli.console import entry
 
 entry()

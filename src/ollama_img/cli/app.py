@@ -97,35 +97,6 @@ def main(argv: list[str] | None = None):
     raise SystemExit(code if isinstance(code, int) else 0)
 
 
-def entry():
-    """The console script: `main()`, then a quick exit.
-
-    Tearing the interpreter down (every module's objects, a last garbage collection) costs about 50 ms
-    after a `run`, which a person waits for on every image. Nothing in it is needed once the command is
-    done: the exit handlers still run, then the streams are flushed and the process ends. A command that
-    left threads running exits the usual way, which waits for them."""
-    import atexit
-    import contextlib
-    import os
-    import threading
-
-    code = 0
-    try:
-        main()  # ends in SystemExit
-    except SystemExit as exc:
-        if threading.active_count() > 1:
-            raise
-        code = exc.code
-    if isinstance(code, str):
-        print(code, file=sys.stderr)
-        code = 1
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # closed, or its reader is gone: nothing reaches it
-            stream.flush()
-    os._exit(code or 0)
-
-
 def _click_saw_broken_pipe() -> bool:
     """Click answers a write to a closed stdout by wrapping stdout in its PacifyFlushWrapper and exiting 1."""
     return type(sys.stdout).__name__ == "PacifyFlushWrapper"

@@ -14,7 +14,6 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
@@ -24,6 +23,7 @@ from ollama_img.cli import outputs
 from ollama_img.cli.app import OPTIONAL_VALUES, app
 from ollama_img.cli.completion import complete_model_names
 from ollama_img.cli.image_files import encoded, take_images
+from ollama_img.cli.run_options import RunOptions
 from ollama_img.engine.params import generate_params, parse_size
 from ollama_img.errors import UserError
 from ollama_img.names import ModelName
@@ -58,33 +58,6 @@ Anything else is a prompt: one image per line. A path to a .png, .jpg or .webp f
 (/path/to/file, ./file, ~/file; escape spaces with \\ or quote the path) is its input image."""
 
 
-@dataclass
-class RunOptions:
-    model: str
-    fields: dict[str, object] = field(default_factory=dict)  # what the flags set, by API field
-    output: str | None = None
-    no_open: bool = False
-    json: bool = False
-
-    @property
-    def count(self) -> int:
-        return self.fields.get(COUNT.field) or 1
-
-    def request(self, prompt: str | None) -> dict:
-        """The /api/generate body; no prompt asks the engine to load the model only."""
-        body = {"model": self.model}
-        if prompt is not None:
-            body["prompt"] = prompt
-            body.update(
-                (key, value)
-                for key, value in self.fields.items()
-                if value is not None and key != KEEP_ALIVE.field and not (key == COUNT.field and value == 1)
-            )
-        if self.fields.get(KEEP_ALIVE.field) is not None:
-            body[KEEP_ALIVE.field] = self.fields[KEEP_ALIVE.field]
-        return body
-
-
 def should_open(options: RunOptions, stdout_is_tty: bool) -> bool:
     """Open the viewer only for a person at a terminal with a display, and only when not told otherwise."""
     if options.no_open or options.json or options.output == outputs.STDOUT or not stdout_is_tty:
@@ -95,8 +68,10 @@ def should_open(options: RunOptions, stdout_is_tty: bool) -> bool:
 def engine_events(body: dict) -> Iterator[dict]:
     """The engine's events for one request, starting the engine if none runs.
 
-    An engine that exits (idle) just as we connect is started again, once.
+    An engine that exits (idle) just as we connect is started again, once. When the console entry sent
+    this very request already (`cli.early_run`), its answer is the one read.
     """
+    from ollama_img.cli import early_run
     from ollama_img.engine.client import EngineUnavailable, connect
     from ollama_img.paths import models_dir
 
@@ -104,7 +79,8 @@ def engine_events(body: dict) -> Iterator[dict]:
         with connect(start=True) as client:
             try:
                 client.check_store(models_dir())
-                with contextlib.closing(client.generate(body)) as events:
+                sent = early_run.take({**body, "stream": True})  # the same request, sent at start-up
+                with contextlib.closing(client.generate(body, sent)) as events:
                     yield from events
                 return
             except EngineUnavailable:

@@ -5,13 +5,15 @@ prints one line; a connection lost mid-way says so and points to the engine's lo
 standard library's (`unix_http`): `ps` and `stop` must start fast.
 """
 
+import contextlib
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 from ollama_img.engine import runtime, spawn
-from ollama_img.engine.unix_http import TRANSPORT_ERRORS, ConnectFailed, exchange
+from ollama_img.engine.unix_http import TRANSPORT_ERRORS, ConnectFailed, exchange, response_on
 from ollama_img.errors import NotFound, UserError
 
 
@@ -85,10 +87,13 @@ class EngineClient:
     def stop(self, model: str) -> dict:
         return self._json("POST", "/api/generate", {"model": model, "keep_alive": 0, "stream": False})
 
-    def generate(self, body: dict) -> Iterator[dict]:
-        """Progress events, then the final object. Closing the iterator (Ctrl-C) cancels the job."""
+    def generate(self, body: dict, sent: socket.socket | None = None) -> Iterator[dict]:
+        """Progress events, then the final object. Closing the iterator (Ctrl-C) cancels the job.
+
+        `sent`: a connection on which this very request went out already (`cli.early_run`); its answer
+        is read instead, unless the engine refused it, which asks again here (a model pulled since)."""
         try:
-            with exchange(self.sock, "POST", "/api/generate", {**body, "stream": True}) as response:
+            with self._generate_response({**body, "stream": True}, sent) as response:
                 if response.status != 200:
                     raise _error_from(response.status, response.read())
                 # One line per event; the last one carries the PNGs (megabytes), read as one piece.
@@ -104,6 +109,16 @@ class EngineClient:
         except TRANSPORT_ERRORS as exc:
             raise _lost(exc) from None
         raise UserError(f"the engine ended the response without a result; see its log: {runtime.log_path()}")
+
+    @contextlib.contextmanager
+    def _generate_response(self, body: dict, sent: socket.socket | None):
+        if sent is not None:
+            with response_on(sent, "POST") as response:
+                if response.status == 200:
+                    yield response
+                    return
+        with exchange(self.sock, "POST", "/api/generate", body) as response:
+            yield response
 
 
 def connect(*, start: bool) -> EngineClient | None:

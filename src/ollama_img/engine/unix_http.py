@@ -75,3 +75,18 @@ def exchange(
             response.close()
     finally:
         connection.close()
+
+
+@contextlib.contextmanager
+def response_on(sock: socket.socket, method: str) -> Iterator[http.client.HTTPResponse]:
+    """The response to a request already sent on `sock` (by `cli.early_run`), its headers read, for the
+    block; the socket closes with the block."""
+    try:
+        response = http.client.HTTPResponse(sock, method=method)
+        try:
+            response.begin()
+            yield response
+        finally:
+            response.close()
+    finally:
+        sock.close()
