@@ -3,6 +3,7 @@
 #
 #   bash bench/gpu_issues_10_11.sh first    # jit profile (empty, primed) and the cold start: ~7 min
 #   bash bench/gpu_issues_10_11.sh memory   # the four memory plans of the targets: ~7.5 min
+#   bash bench/gpu_issues_10_11.sh trace    # where the quantized plans' memory goes, MLX and pool: ~6 min
 #
 # On the device machine, after MLX's CUDA build is installed and PYTHONPATH points at it and at src
 # (../shared/gpu/README.md). Builds the full-size random-weight folder in /dev/shm when it is missing.
@@ -24,8 +25,28 @@ memory)
         --only bf16:unlimited,bf16:24GB,fp8:12GB,int4:8GB --out /dev/shm/mem
     mkdir -p "$OUT/mem" && cp /dev/shm/mem/*.json /dev/shm/mem/*.md "$OUT/mem/" 2>/dev/null
     ;;
+trace)
+    # The int4 and fp8 models in a store of their own, then bench/gpu_memory_trace.py under each budget
+    # (int4 also with one load thread: the pool's reserve after a load depends on the threads).
+    export OLLAMA_IMG_MODELS=${OLLAMA_IMG_MODELS:-/dev/shm/store}
+    [ -f "$FOLDER/model_index.json" ] || python -c "from pathlib import Path; from tests.fixtures.zimage_folder import FULL, build_zimage_folder; build_zimage_folder(Path('$FOLDER'), FULL, transformer_shards=3)"
+    for quant in int4 fp8; do
+        python -m ollama_img list 2>/dev/null | grep -q "^z:$quant " ||
+            python -m ollama_img create "z:$quant" -f "$FOLDER" --quantize "$quant" >/dev/null
+    done
+    mkdir -p "$OUT/trace"
+    run_trace() { # name, model, budget, then env assignments
+        local name=$1 model=$2 budget=$3
+        shift 3
+        env "$@" timeout 200 python bench/gpu_memory_trace.py "$model" --budget "$budget" \
+            --size "${SIZE:-1024}" --json "$OUT/trace/$name.json" 2>&1 | grep -v "^Generating\|it/s" | tail -20
+    }
+    run_trace int4_8GB z:int4 8GB
+    run_trace int4_8GB_1thread z:int4 8GB OLLAMA_IMG_LOAD_THREADS=1
+    run_trace fp8_12GB z:fp8 12GB
+    ;;
 *)
-    echo "usage: bash bench/gpu_issues_10_11.sh first|memory" >&2
+    echo "usage: bash bench/gpu_issues_10_11.sh first|memory|trace" >&2
     exit 2
     ;;
 esac
