@@ -268,6 +268,8 @@ def run_child(command: list[str], env: dict, name: str, timeout: float) -> dict:
             line = line.rstrip("\n")
             if line.startswith("RESULT "):
                 result = json.loads(line[7:])
+            elif line.startswith("PHASE "):
+                sampler.phase = line[6:]
             else:
                 lines.append(line)
                 print(f"  [{name}] {line}")
@@ -277,34 +279,47 @@ def run_child(command: list[str], env: dict, name: str, timeout: float) -> dict:
         sampler.stop()
     result = result or {"error": f"exit {process.returncode}: " + " | ".join(lines[-5:])}
     result["name"] = name
-    result["smi_process_peak_gb"] = sampler.process_peak
-    device_peak = sampler.device_peak
-    result["smi_device_peak_gb"] = None if device_peak is None or baseline is None else device_peak - baseline
+    # The peaks of the plan's own runs; the calibration probes' apart (they evaluate beyond the plan)
+    result["smi_process_peak_gb"] = sampler.process_peaks.get(Sampler.PLAN)
+    result["smi_process_peak_probes_gb"] = sampler.process_peaks.get("probes")
+    for key, phase in (("smi_device_peak_gb", Sampler.PLAN), ("smi_device_peak_probes_gb", "probes")):
+        device_peak = sampler.device_peaks.get(phase)
+        result[key] = None if device_peak is None or baseline is None else device_peak - baseline
     return result
 
 
 class Sampler(threading.Thread):
     """Samples the device's used memory (NVML, every 10 ms; nvidia-smi's figure) and the process's
-    (nvidia-smi, every ~0.2 s: each call takes tens of ms), in GB, while a configuration runs."""
+    (nvidia-smi, every ~0.2 s: each call takes tens of ms), in GB, while a configuration runs: the peaks
+    of each phase the child names (`PHASE name` lines; PLAN until the first)."""
+
+    PLAN = "plan"
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
-        self.pid, self.process_peak, self.device_peak = pid, None, None
+        self.pid, self.phase = pid, self.PLAN
+        self.process_peaks: dict[str, float] = {}
+        self.device_peaks: dict[str, float] = {}
         self._done = threading.Event()
+
+    @staticmethod
+    def _top(peaks: dict[str, float], phase: str, value: float):
+        peaks[phase] = max(peaks.get(phase, 0.0), value)
 
     def run(self):
         last_smi = 0.0
         while not self._done.is_set():
+            phase = self.phase
             device = nvml_device_used()
             if device is None and time.monotonic() - last_smi > 0.2:
                 device = smi_device_used()
             if device is not None:
-                self.device_peak = max(self.device_peak or 0.0, device)
+                self._top(self.device_peaks, phase, device)
             if time.monotonic() - last_smi > 0.2:
                 last_smi = time.monotonic()
                 used = smi_process_used(self.pid)
                 if used is not None:
-                    self.process_peak = max(self.process_peak or 0.0, used)
+                    self._top(self.process_peaks, phase, used)
             self._done.wait(0.01)
 
     def stop(self):
@@ -387,6 +402,7 @@ def child_mlx(args):
     import numpy as np
 
     from ollama_img import load_pipeline
+    from ollama_img.memory.device import give_back
     from ollama_img.memory.plan import Evaluation, MemoryPlanError
     from ollama_img.store import Store
 
@@ -460,24 +476,17 @@ def child_mlx(args):
         _, entry["encode_s"], entry["encode_peak_gb"] = peak_of(
             lambda i=index: pipe.encode_prompt(NEW_PROMPTS[i] + "!")
         )
-        if index == 0 and not args.legacy:  # the denoise phase under each stack evaluation, for calibration
-            plan = pipe.memory_plan
-            pipe.planner = None
-            probes = {}
-            for evaluation in (Evaluation(1), Evaluation(1, pipelined=False), Evaluation(2), Evaluation(3)):
-                pipe.memory_plan = dataclasses.replace(plan, denoiser=evaluation)
-                _, seconds, peak = peak_of(lambda kw=kw: pipe.denoise(PROMPT, seed=5, **kw))
-                probes[evaluation.describe()] = {"s": seconds, "peak_gb": peak}
-            pipe.planner, pipe.memory_plan = planner, plan
-            entry["denoise_by_evaluation"] = probes
-            entry["held_before_denoise_gb"] = pipe.resident_bytes / GB
-            print(f"{size}: denoise by evaluation {probes}")
         pipe.generate(PROMPT, seed=7, **kw)  # back to a generation's end state before measuring what is held
         plan = pipe.memory_plan
         entry["plan"] = plan.to_json()
         mx.synchronize()
         entry["held_mlx_gb"] = (mx.get_active_memory() + mx.get_cache_memory()) / GB
         entry["held_smi_gb"] = smi_process_used(os.getpid())
+        # What the engine holds once idle: its scheduler calls give_back 2 s after a job (IDLE_GIVE_BACK_S).
+        give_back()
+        time.sleep(0.3)  # nvidia-smi's per-process figure lags a little
+        entry["held_idle_mlx_gb"] = (mx.get_active_memory() + mx.get_cache_memory()) / GB
+        entry["held_idle_smi_gb"] = smi_process_used(os.getpid())
         entry["reloads"] = pipe.parts.loads
         res["sizes"][str(size)] = entry
         print(
@@ -485,8 +494,24 @@ def child_mlx(args):
             f"MLX peak {entry['mlx_peak_gb']:.2f} GB (plan {plan.peak / GB:.2f} with {plan.overhead / GB:.2f} overhead); "
             f"phases encode/denoise/decode {entry['encode_peak_gb']:.2f}/{entry['denoise_peak_gb']:.2f}/{entry['decode_peak_gb']:.2f} GB "
             f"(plan {plan.phases['encode'] / GB:.2f}/{plan.phases['denoise'] / GB:.2f}/{plan.phases['decode'] / GB:.2f}); "
-            f"held {entry['held_mlx_gb']:.2f} GB"
+            f"held {entry['held_mlx_gb']:.2f} GB, idle {entry['held_idle_mlx_gb']:.2f} GB"
         )
+    if not args.legacy:  # the denoise phase under each stack evaluation, for calibration: last, and
+        # sampled apart (PHASE lines), so that its evaluations beyond the plan count in no plan's peak
+        size = int(args.sizes.split(",")[0])
+        kw = dict(width=size, height=size, steps=args.steps)
+        print("PHASE probes", flush=True)
+        plan = pipe.memory_plan = planner.plan(size, size, prompts=(PROMPT,))
+        pipe.planner = None
+        probes = {}
+        for evaluation in (Evaluation(1), Evaluation(1, pipelined=False), Evaluation(2), Evaluation(3)):
+            pipe.memory_plan = dataclasses.replace(plan, denoiser=evaluation)
+            _, seconds, peak = peak_of(lambda kw=kw: pipe.denoise(PROMPT, seed=5, **kw))
+            probes[evaluation.describe()] = {"s": seconds, "peak_gb": peak}
+        pipe.planner, pipe.memory_plan = planner, plan
+        res["sizes"][str(size)]["denoise_by_evaluation"] = probes
+        res["sizes"][str(size)]["held_before_denoise_gb"] = pipe.resident_bytes / GB
+        print(f"{size}: denoise by evaluation {probes}")
     emit(res)
 
 
@@ -594,7 +619,7 @@ def markdown(report: dict) -> str:
     scale = 1000 if report["tiny"] else 1
     lines = [
         "| model | budget | plan | warm s/image | vs bf16 unlimited | new prompt s | cold s | MLX peak (plan) | "
-        "nvidia-smi process / device | held MLX / smi | PSNR dB | target |",
+        "nvidia-smi process / device | held MLX / smi (idle) | PSNR dB | target |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in runs:
@@ -626,7 +651,8 @@ def markdown(report: dict) -> str:
                 f"{_g(e.get('new_prompt_s'), 3)} | {_g(run.get('cold_s'), 1) if size in ('1024', '64') else '-'} | "
                 f"{_g(peak * scale if peak else None)}{est} {unit} | {_g(run.get('smi_process_peak_gb'))} / "
                 f"{_g(run.get('smi_device_peak_gb'))} GB | {_g(e.get('held_mlx_gb', e.get('held_torch_gb')))} / "
-                f"{_g(e.get('held_smi_gb'))} GB | {_g(e.get('psnr_db'), 1)} | {verdict} |"
+                f"{_g(e.get('held_smi_gb'))} ({_g(e.get('held_idle_smi_gb'))}) GB | {_g(e.get('psnr_db'), 1)} | "
+                f"{verdict} |"
             )
     lines += [
         "",
