@@ -293,3 +293,17 @@ def test_a_hand_damaged_model_is_an_error_everywhere_and_removable(populated, cl
     result = cli("rm", "z-image")
     assert (result.code, result.out.splitlines()[0]) == (0, "deleted 'z-image:latest'")
     assert populated.names() == []
+
+
+@pytest.mark.parametrize(
+    "variable, command",
+    [
+        ("OLLAMA_IMG_RUNTIME_DIR", ("ps",)),
+        ("OLLAMA_IMG_RUNTIME_DIR", ("run", "z-image", "a cat")),
+        ("OLLAMA_IMG_MODELS", ("list",)),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else v,
+)
+def test_a_folder_variable_naming_no_user_is_one_line(populated, cli, monkeypatch, variable, command):
+    monkeypatch.setenv(variable, "~no-such-user-here/folder")
+    _fails_cleanly(cli, populated, command, variable, "no such user")

@@ -160,3 +160,32 @@ def test_quick_commands_do_not_load_the_early_request_code(world):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("NONE")
+
+
+def test_an_early_connection_that_broke_is_asked_again(in_world):
+    """The engine's answer on the early connection never came (the connection broke): asked again."""
+    import socket
+
+    world = in_world
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    body = early_run.request_body(["tiny", "a cat", "--steps", "2", "--size", "64x64"])
+    events = list(EngineClient(world.socket).generate(body, ours))
+    assert events[-1]["done"] and events[-1]["images"]
+
+
+def test_a_runtime_folder_naming_no_user_fails_in_one_line(world):
+    """The console entry's early request gives way to the command's own error for a bad variable."""
+    env = {**world.env, "OLLAMA_IMG_RUNTIME_DIR": "~no-such-user-here/run"}
+    import subprocess
+
+    done = subprocess.run(
+        world.command("run", "tiny", "a cat"),
+        env=env,
+        cwd=world.work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("Error: OLLAMA_IMG_RUNTIME_DIR")

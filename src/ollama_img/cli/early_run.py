@@ -102,7 +102,10 @@ def send(args: list[str]) -> bool:
     body = request_body(args)
     if body is None:
         return False
-    path = runtime.socket_path()
+    try:
+        path = runtime.socket_path()
+    except UserError:  # the command reports it, in one line
+        return False
     payload = json.dumps(body).encode()
     head = (
         "POST /api/generate HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\n"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ollama_img.engine import runtime, spawn
-from ollama_img.engine.unix_http import TRANSPORT_ERRORS, ConnectFailed, exchange, response_on
+from ollama_img.engine.unix_http import TRANSPORT_ERRORS, ConnectFailed, answer_on, exchange
 from ollama_img.errors import NotFound, UserError
 
 
@@ -112,13 +112,31 @@ class EngineClient:
 
     @contextlib.contextmanager
     def _generate_response(self, body: dict, sent: socket.socket | None):
-        if sent is not None:
-            with response_on(sent, "POST") as response:
-                if response.status == 200:
-                    yield response
-                    return
+        early = _accepted_answer(sent) if sent is not None else None
+        if early is not None:
+            try:
+                yield early
+            finally:
+                early.close()
+                sent.close()
+            return
         with exchange(self.sock, "POST", "/api/generate", body) as response:
             yield response
+
+
+def _accepted_answer(sent: socket.socket):
+    """The engine's answer on an early request's connection when it took the job; None (the connection
+    closed) when it refused it or the exchange broke: the request is then asked again."""
+    try:
+        response = answer_on(sent, "POST")
+    except TRANSPORT_ERRORS:
+        sent.close()
+        return None
+    if response.status == 200:
+        return response
+    response.close()
+    sent.close()
+    return None
 
 
 def connect(*, start: bool) -> EngineClient | None:

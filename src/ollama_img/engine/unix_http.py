@@ -77,16 +77,13 @@ def exchange(
         connection.close()
 
 
-@contextlib.contextmanager
-def response_on(sock: socket.socket, method: str) -> Iterator[http.client.HTTPResponse]:
-    """The response to a request already sent on `sock` (by `cli.early_run`), its headers read, for the
-    block; the socket closes with the block."""
+def answer_on(sock: socket.socket, method: str) -> http.client.HTTPResponse:
+    """The response to a request already sent on `sock` (by `cli.early_run`), its headers read; one of
+    TRANSPORT_ERRORS when the exchange broke. Closing it and the socket is the caller's."""
+    response = http.client.HTTPResponse(sock, method=method)
     try:
-        response = http.client.HTTPResponse(sock, method=method)
-        try:
-            response.begin()
-            yield response
-        finally:
-            response.close()
-    finally:
-        sock.close()
+        response.begin()
+    except BaseException:
+        response.close()
+        raise
+    return response
