@@ -297,7 +297,10 @@ class Scheduler:
             task = asyncio.create_task(self._finish(job, model, images, resolved, timings))
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
-            if not (params.prompt or model.warm or model.stop_requested) and self.warm_up.wanted(model.pipe):
+            waited_for = bool(self._queue)  # a queued job is a better warm-up than a made-up one
+            if not (
+                params.prompt or model.warm or model.stop_requested or waited_for
+            ) and self.warm_up.wanted(model.pipe):
                 await self._warm_up(model, keepalive)  # answered already: nobody waits for this
         except JobCancelled:
             log.info("job %d cancelled", job.id)
@@ -366,7 +369,10 @@ class Scheduler:
         note = warmup.compile_note()
         if note:
             log.info(note)
-        pipe, size, phases = await self._in_worker(self._load_and_measure, name, planner.within(budget), plan)
+        prompts = tuple(p for p in (job.params.prompt, job.params.negative_prompt) if p)
+        pipe, size, phases = await self._in_worker(
+            self._load_and_measure, name, planner.within(budget), plan, prompts
+        )
         timings.load = time.monotonic() - started
         model = LoadedModel(
             name=name, digest=getattr(pipe, "digest", None), pipe=pipe, size=size, planner=planner, plan=plan
@@ -450,14 +456,14 @@ class Scheduler:
     # -- on the worker thread --------------------------------------------------------------------
 
     @staticmethod
-    def _load_and_measure(name: str, planner: Planner, plan: MemoryPlan):
+    def _load_and_measure(name: str, planner: Planner, plan: MemoryPlan, prompts: tuple[str, ...] = ()):
         # MLX streams are per thread: everything that touches the model's arrays stays on the worker.
         from ollama_img.loader import load_stored
         from ollama_img.phases import recording
 
         with recording() as timer:
             # A store name only: never a folder on the engine's disk.
-            pipe = load_stored(name, planner=planner, plan=plan)
+            pipe = load_stored(name, planner=planner, plan=plan, prompts=prompts)
         return pipe, int(pipe.resident_bytes), timer.summary()
 
     @staticmethod
