@@ -2,6 +2,7 @@
 # The GPU measurements issues 10 and 11 wait for, in two device calls of under ten minutes each.
 #
 #   bash bench/gpu_issues_10_11.sh first    # jit profile (empty, primed) and the cold start: ~7 min
+#   bash bench/gpu_issues_10_11.sh cold     # the cold start alone (restart, warm runs, a new size): ~4 min
 #   bash bench/gpu_issues_10_11.sh memory   # the four memory plans of the targets: ~7.5 min
 #   bash bench/gpu_issues_10_11.sh trace    # where the quantized plans' memory goes, MLX and pool: ~6 min
 #
@@ -19,6 +20,11 @@ first)
     JIT_STAGES="context,load,encode,step:1024,vae:1024:layers,vae:512:whole,generate:1024" \
         timeout 300 python bench/gpu_jit_profile.py --folder "$FOLDER" --only empty,primed --out "$OUT/jit"
     timeout 270 python bench/gpu_cold_start.py --folder "$FOLDER" --skip profile diffusers --out "$OUT/cold"
+    ;;
+cold)
+    timeout 300 python bench/gpu_cold_start.py --folder "$FOLDER" --skip profile diffusers warm-up \
+        --out /dev/shm/cold
+    mkdir -p "$OUT/cold" && cp /dev/shm/cold/*.json /dev/shm/cold/*.md /dev/shm/cold/engine.log "$OUT/cold/"
     ;;
 memory)
     timeout 560 python bench/gpu_memory_plan.py --folder "$FOLDER" --time-budget 480 \
@@ -38,15 +44,16 @@ trace)
     run_trace() { # name, model, budget, then env assignments
         local name=$1 model=$2 budget=$3
         shift 3
-        env "$@" timeout 200 python bench/gpu_memory_trace.py "$model" --budget "$budget" \
+        env "$@" timeout 200 python bench/gpu_memory_trace.py "$model" --budget "$budget" ${TRACE_ARGS:-} \
             --size "${SIZE:-1024}" --json "$OUT/trace/$name.json" 2>&1 | grep -v "^Generating\|it/s" | tail -20
     }
     run_trace int4_8GB z:int4 8GB
     run_trace int4_8GB_1thread z:int4 8GB OLLAMA_IMG_LOAD_THREADS=1
     run_trace fp8_12GB z:fp8 12GB
+    [ -n "${TRIM:-}" ] && TRACE_ARGS=--trim run_trace int4_8GB_trim z:int4 8GB
     ;;
 *)
-    echo "usage: bash bench/gpu_issues_10_11.sh first|memory|trace" >&2
+    echo "usage: bash bench/gpu_issues_10_11.sh first|cold|memory|trace" >&2
     exit 2
     ;;
 esac

@@ -11,7 +11,8 @@ evaluation waits for the device (after each chunk of transformer or text-encoder
 - MLX's active bytes, its cache, and its peak since the point before (reset at each point);
 - on CUDA, what the driver's pool reserves and uses now, and the most of each since the point before
   (nvidia-smi counts the pool's reserve plus the context, about 0.6 GB).
-The stage boundaries synchronise the device, which the pipeline would not. The largest peaks of MLX and
+The stage boundaries synchronise the device, which the pipeline would not; with `--trim` they also trim
+the pool, to see how much of its reserve a trim between stages would give back. The largest peaks of MLX and
 of the pool are printed with where they happened: the image, the stage, the step, the block.
 """
 
@@ -36,6 +37,11 @@ def main():
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--trim",
+        action="store_true",
+        help="trim the CUDA pool at every stage boundary (does the reserve come back, and the peak drop?)",
+    )
     args = ap.parse_args()
     if args.budget:
         os.environ["OLLAMA_IMG_GPU_MEMORY"] = args.budget
@@ -53,6 +59,8 @@ def main():
     def record(what: str, sync: bool = False):
         if sync:
             mx.synchronize()
+            if args.trim:
+                cuda_pool.trim()
         pool = cuda_pool.usage()
         events.append(
             {
