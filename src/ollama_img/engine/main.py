@@ -8,6 +8,9 @@ nothing loaded).
 import logging
 import os
 import sys
+import time
+
+_IMPORTED = time.perf_counter()  # about when the process started: the engine's start-up is timed from here
 
 from ollama_img import __version__
 from ollama_img.engine import runtime
@@ -72,11 +75,13 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
     from ollama_img.keepalive import default_keepalive
     from ollama_img.memory.budget import user_budget
 
+    imported = time.perf_counter() - _IMPORTED
     keepalive = default_keepalive()
     gpu_memory = gpu_memory or user_budget()  # a malformed variable stops the start, in one line
     priming.policy()  # OLLAMA_IMG_PRIME, likewise
     max_loaded = max_loaded_from_env()
     processor = processor_name()  # also fails early, and clearly, when MLX has no back end
+    mlx_ready = time.perf_counter() - _IMPORTED
     runtime.ensure_private_dir(runtime.socket_path().parent)
     lock = runtime.PidLock(runtime.pid_path())
     lock.acquire()
@@ -98,7 +103,8 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
             listeners.append(Listener("tcp", tcp_sock, guard.TcpGuard(bodies, bound=bound), tcp_cap))
             where.append(url_of(tcp_sock))
         log.info(
-            "ollama-img %s engine (pid %d) listening on %s; %s; keep-alive %s s; idle exit %s; memory %s",
+            "ollama-img %s engine (pid %d) listening on %s; %s; keep-alive %s s; idle exit %s; memory %s; "
+            "up in %.2f s (modules imported after %.2f s, MLX after %.2f s)",
             __version__,
             os.getpid(),
             " and ".join(where),
@@ -106,6 +112,9 @@ def run_engine(*, tcp: tuple[str, int] | None = None, idle_exit: float | None = 
             keepalive,
             "off" if idle_exit is None else f"{idle_exit:g} s",
             gpu_memory.describe() if gpu_memory else "what the device has free",
+            time.perf_counter() - _IMPORTED,
+            imported,
+            mlx_ready,
         )
         log.info(
             "limits: %d socket and %d TCP connections, %d open files",
