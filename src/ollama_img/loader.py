@@ -98,10 +98,10 @@ def _load(source, dtype, budget, planner, plan, loras=None, lora_strategy=None, 
     extra = {key: value for key, value in given if key in accepted and value is not None}
     if "adapters" in accepted:
         extra["adapters"] = adapters
-    if "prompts" in accepted and prompts and _overlaps_encoding():
-        extra["prompts"] = tuple(prompts)
     elif adapters:
         raise UserError(f"{source.label}: {arch.family} models do not take LoRA adapters yet")
+    if "prompts" in accepted and prompts and _overlaps_encoding():
+        extra["prompts"] = tuple(prompts)
     helpers = _start_priming(arch, source, planner, plan, dtype)
     try:
         if helpers is not None and helpers.job.before_load:  # no room for both: kernels first
