@@ -2,6 +2,7 @@
 unconstrained one, components come and go as the plan says, and a budget too small is one clear error."""
 
 import dataclasses
+import sys
 
 import mlx.core as mx
 import numpy as np
@@ -79,6 +80,35 @@ def test_every_plan_makes_the_unconstrained_image(pipe, reference, residency, ch
         pipe.planner = planner
     np.testing.assert_array_equal(image, reference[0])
     np.testing.assert_array_equal(guided, reference[1])
+
+
+def test_block_at_a_time_evaluates_every_transformer_block_on_its_own(pipe, monkeypatch):
+    """Waiting for each block bounds what is alive to one block's outputs only if no evaluation takes in
+    two: the noise refiner's blocks and the main stack's last are evaluated too, not left lazy to run in
+    one graph with what follows (on an H100 that merged chunk held three blocks, 2 GB over the plan)."""
+    from ollama_img.models import evaluation
+
+    calls = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(mx, name)
+
+        def eval(self, *arrays):
+            calls.append(sys._getframe(2).f_code.co_name)  # Chunks.after's caller
+            mx.eval(*arrays)
+
+    monkeypatch.setattr(evaluation, "mx", Recording())
+    plan = forced(pipe, RESIDENT, denoiser=Evaluation(1, pipelined=False), encoder=Evaluation(None))
+    planner = pipe.planner
+    pipe.planner, pipe.memory_plan = None, plan
+    try:
+        pipe.generate("a red fox", seed=3, **SIZE)
+    finally:
+        pipe.planner = planner
+    config = pipe.transformer.config
+    blocks = calls.count("run_blocks")
+    assert blocks == SIZE["steps"] * (config.n_refiner_layers + config.n_layers), calls
 
 
 def test_text_encoder_on_demand(pipe):

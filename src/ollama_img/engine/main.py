@@ -12,9 +12,9 @@ import time
 
 _IMPORTED = time.perf_counter()  # about when the process started: the engine's start-up is timed from here
 
-from ollama_img import __version__
-from ollama_img.engine import runtime
-from ollama_img.errors import UserError
+from ollama_img import __version__  # noqa: E402 (the clock starts first)
+from ollama_img.engine import runtime  # noqa: E402 (the clock starts first)
+from ollama_img.errors import UserError  # noqa: E402 (the clock starts first)
 
 log = logging.getLogger("ollama_img.engine")
 

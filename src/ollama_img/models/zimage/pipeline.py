@@ -398,7 +398,10 @@ class ZImagePipeline:
         outputs, compute = [], None
         for branch in branches:
             lat = latents if branch.batch == 1 else mx.concatenate([latents] * branch.batch)
-            h, cos, sin = parts.embed_image(lat, branch.caption, mod)
+            if evaluation is not None:  # the noise refiner in chunks too: not compiled
+                h, cos, sin = model.embed_image(lat, branch.caption, mod, evaluation)
+            else:
+                h, cos, sin = parts.embed_image(lat, branch.caption, mod)
 
             def stack(h, cos=cos, sin=sin):
                 if evaluation is not None:  # evaluated in chunks: not inside a compiled function

@@ -190,15 +190,17 @@ def run_blocks(blocks: list[TransformerBlock], x, cos, sin, weights, evaluation:
     """A chain of blocks, each block's last residual update fused with the next block's first norm.
 
     `evaluation` (the memory plan's; not inside mx.compile) evaluates the chain a chunk of blocks at a
-    time, so that only a few blocks' temporaries are alive; None builds it as one graph.
+    time, so that only a few blocks' temporaries are alive; None builds it as one graph. The last chunk
+    is evaluated too: left lazy, it would run in one graph with whatever follows (the noise refiner's
+    last block with the main stack's first chunk; on CUDA every output of a graph stays allocated until
+    the kernels of its batch finish, so a chunk that merges three blocks holds three blocks' outputs).
     """
     chunks = Chunks(evaluation)
     h = mx.fast.rms_norm(x, weights[0][0], blocks[0].eps)
     for i, block in enumerate(blocks):
         next_weight = weights[i + 1][0] if i + 1 < len(blocks) else None
         x, h = block.forward(x, h, cos, sin, weights[i], next_weight)
-        if i + 1 < len(blocks):
-            chunks.after(i, x, h)
+        chunks.after(i, x, h)
     return x
 
 
@@ -324,8 +326,11 @@ class ZImageTransformer(nn.Module):
 
     # -- one denoising step, in three parts ----------------------------------------------------
 
-    def embed_image(self, latents: mx.array, caption: Caption, mod: Modulation):
-        """Patchify, embed, noise-refine, and join with the caption: the main stack's input and tables."""
+    def embed_image(
+        self, latents: mx.array, caption: Caption, mod: Modulation, evaluation: Evaluation | None = None
+    ):
+        """Patchify, embed, noise-refine (its blocks evaluated as `run_blocks` says), and join with the
+        caption: the main stack's input and tables."""
         b, c, h, w = latents.shape
         rows, cols = h // PATCH, w // PATCH
         n = rows * cols
@@ -339,7 +344,7 @@ class ZImageTransformer(nn.Module):
                 [x, mx.broadcast_to(self.x_pad_token.astype(x.dtype), (b, total - n, x.shape[-1]))], 1
             )
         cos, sin = image_rope(rows, cols, caption.padded_len, self.config)
-        x = run_blocks(self.noise_refiner, x, cos, sin, mod.refiner)
+        x = run_blocks(self.noise_refiner, x, cos, sin, mod.refiner, evaluation)
         tokens = caption.tokens.astype(x.dtype)
         if tokens.shape[0] != b:
             tokens = mx.broadcast_to(tokens, (b, *tokens.shape[1:]))
