@@ -118,6 +118,33 @@ def test_a_prompt_is_its_own_warm_up(tmp_path, tiny_folder, monkeypatch):
     asyncio.run(scenario())
 
 
+def test_a_job_waiting_behind_the_load_only_request_is_the_warm_up(tmp_path, tiny_folder, monkeypatch):
+    """A made-up warm-up image would only delay the real one queued behind the load."""
+    store = Store(tmp_path / "store")
+    import_folder(store, "tiny", inspect_folder(tiny_folder))
+    monkeypatch.setenv("OLLAMA_IMG_MODELS", str(store.root))
+
+    async def scenario():
+        scheduler = Scheduler(default_keepalive=60)
+        gate = threading.Event()  # never opened: a warm-up would hang the queued job
+        scheduler.warm_up = GatedWarmUp(gate, mode="on", size=(32, 32))
+        scheduler.start()
+        try:
+            load = scheduler.submit(GenerateParams(model="tiny:latest", prompt=""), None)
+            params = GenerateParams(
+                model="tiny:latest", prompt="a kite", width=32, height=32, steps=1, seed=1
+            )
+            job = scheduler.submit(params, None)  # queued while the model loads
+            assert (await asyncio.wait_for(load.outcome(), timeout=120)).kind == DONE
+            assert (await asyncio.wait_for(job.outcome(), timeout=120)).kind == DONE
+            assert not scheduler.warm_up.started.is_set()
+        finally:
+            gate.set()
+            await scheduler.close()
+
+    asyncio.run(scenario())
+
+
 @pytest.fixture
 def world(tmp_path, tiny_folder):
     env = EngineEnv(tmp_path, PYTHONPATH=SRC, OLLAMA_IMG_WARMUP="64x64")

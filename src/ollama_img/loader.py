@@ -54,31 +54,20 @@ def load_pipeline(
 
 
 def load_stored(
-    name: str,
-    *,
-    store=None,
-    dtype=None,
-    budget=None,
-    planner=None,
-    plan=None,
-    loras=None,
-    lora_strategy=None,
-    prompts=(),
+    name: str, *, store=None, dtype=None, budget=None, planner=None, plan=None, loras=None, lora_strategy=None
 ):
     """Load a model from the store by name only, never from a folder: what the engine does, since a
-    name from a client must not reach a path on the engine's disk (`tmp/x/y` is not /tmp/x/y:latest).
-    `prompts`, the first request's, are encoded during the load where the family's loader can overlap
-    that with reading (on a GPU: see `_overlaps_encoding`)."""
+    name from a client must not reach a path on the engine's disk (`tmp/x/y` is not /tmp/x/y:latest)."""
     from ollama_img.store import Store
     from ollama_img.weights import StoreSource
 
     with phase("resolve"):
         require_mlx()
         source = StoreSource(store or Store(), name)
-    return _load(source, dtype, budget, planner, plan, loras, lora_strategy, prompts)
+    return _load(source, dtype, budget, planner, plan, loras, lora_strategy)
 
 
-def _load(source, dtype, budget, planner, plan, loras=None, lora_strategy=None, prompts=()):
+def _load(source, dtype, budget, planner, plan, loras=None, lora_strategy=None):
     with phase("resolve"):
         from ollama_img.memory.device import apply_limits, device_kind, engine_budget
         from ollama_img.memory.plan import Planner
@@ -100,8 +89,6 @@ def _load(source, dtype, budget, planner, plan, loras=None, lora_strategy=None, 
         extra["adapters"] = adapters
     elif adapters:
         raise UserError(f"{source.label}: {arch.family} models do not take LoRA adapters yet")
-    if "prompts" in accepted and prompts and _overlaps_encoding():
-        extra["prompts"] = tuple(prompts)
     helpers = _start_priming(arch, source, planner, plan, dtype)
     try:
         if helpers is not None and helpers.job.before_load:  # no room for both: kernels first
@@ -119,14 +106,6 @@ def _load(source, dtype, budget, planner, plan, loras=None, lora_strategy=None, 
             helpers.finish()
     manifest = getattr(source, "manifest", None)  # a store model's; a folder has no Modelfile
     return with_model_defaults(pipe, manifest.config.params) if manifest is not None else pipe
-
-
-def _overlaps_encoding() -> bool:
-    """Whether encoding the first prompts while the weights are read pays: on a GPU it hides the image
-    thread's one-time set-up of its GPU libraries; on the CPU both would only share the same cores."""
-    import mlx.core as mx
-
-    return mx.default_device() == mx.gpu
 
 
 def _start_priming(arch, source, planner, plan, dtype):

@@ -369,10 +369,7 @@ class Scheduler:
         note = warmup.compile_note()
         if note:
             log.info(note)
-        prompts = tuple(p for p in (job.params.prompt, job.params.negative_prompt) if p)
-        pipe, size, phases = await self._in_worker(
-            self._load_and_measure, name, planner.within(budget), plan, prompts
-        )
+        pipe, size, phases = await self._in_worker(self._load_and_measure, name, planner.within(budget), plan)
         timings.load = time.monotonic() - started
         model = LoadedModel(
             name=name, digest=getattr(pipe, "digest", None), pipe=pipe, size=size, planner=planner, plan=plan
@@ -456,14 +453,14 @@ class Scheduler:
     # -- on the worker thread --------------------------------------------------------------------
 
     @staticmethod
-    def _load_and_measure(name: str, planner: Planner, plan: MemoryPlan, prompts: tuple[str, ...] = ()):
+    def _load_and_measure(name: str, planner: Planner, plan: MemoryPlan):
         # MLX streams are per thread: everything that touches the model's arrays stays on the worker.
         from ollama_img.loader import load_stored
         from ollama_img.phases import recording
 
         with recording() as timer:
             # A store name only: never a folder on the engine's disk.
-            pipe = load_stored(name, planner=planner, plan=plan, prompts=prompts)
+            pipe = load_stored(name, planner=planner, plan=plan)
         return pipe, int(pipe.resident_bytes), timer.summary()
 
     @staticmethod

@@ -131,34 +131,3 @@ def read_in_threads(
     if errors:
         raise errors[0]
     return results
-
-
-class Beside:
-    """`fn()` on a thread of its own, while the calling thread does other work on the device: what a
-    load overlaps with (a prompt encoded while the next component's weights are read). `result()` waits
-    for it and raises what it raised. The thread drops its MLX streams before it ends, as the reading
-    workers do."""
-
-    def __init__(self, fn: Callable[[], object], name: str = "ollama-img-beside"):
-        self._value: object = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, args=(fn,), name=name, daemon=True)
-        self._thread.start()
-
-    def _work(self, fn: Callable[[], object]) -> None:
-        try:
-            self._value = fn()
-        except BaseException as exc:  # raised on the caller's thread by result()
-            self._error = exc
-        finally:
-            try:
-                mx.synchronize()
-                mx.clear_streams()
-            except BaseException as exc:
-                self._error = self._error or exc
-
-    def result(self) -> object:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value

@@ -43,10 +43,6 @@ class Parts:
             log.info("loaded %s on demand in %.2fs", name, time.perf_counter() - started)
         return module
 
-    def put(self, name: str, module: nn.Module) -> None:
-        """Hold `module` as `name`, loaded by the caller (beside other work) rather than by its loader."""
-        self._loaded[name] = module
-
     def is_loaded(self, name: str) -> bool:
         return name in self._loaded
 

@@ -13,13 +13,11 @@ from ollama_img.models.configs import AutoencoderKLConfig, Qwen3Config
 from ollama_img.models.loading import ComponentLoader
 from ollama_img.models.lora_layers import ComponentAdapters
 from ollama_img.models.qwen3 import Qwen3TextEncoder
-from ollama_img.models.reading import Beside
 from ollama_img.models.residency import Parts
 from ollama_img.models.zimage import ARCHITECTURE
 from ollama_img.models.zimage.config import TEXT_LAYER, ZImageConfig
 from ollama_img.models.zimage.pipeline import ZImagePipeline
 from ollama_img.models.zimage.transformer import ZImageTransformer
-from ollama_img.phases import phase
 from ollama_img.weights import WeightSource
 
 
@@ -32,7 +30,6 @@ def load(
     planner: Planner | None = None,
     adapters: tuple[Adapter, ...] = (),
     lora_strategy: str | None = None,
-    prompts: tuple[str, ...] = (),
 ) -> ZImagePipeline:
     """Read configs and weights from `source` and build the MLX pipeline (weights evaluated, ready to run).
 
@@ -41,8 +38,7 @@ def load(
     phase needs them) and how quantized weights compute; None loads everything now. `planner`, when
     given, plans each generation again for its size and prompt. `adapters` (checked already:
     `ollama_img.adapters.resolve`) are applied to the transformer whenever it loads, as `lora_strategy`
-    says (`models.lora_layers`); a generation may ask for more. `prompts` (the first request's) are
-    encoded while the transformer's weights are read, when the plan holds both at load.
+    says (`models.lora_layers`); a generation may ask for more.
     """
     tokenizer = load_tokenizer(source, enable_thinking=True)
     strategies = {c.name: c.compute for c in plan.components} if plan else None
@@ -69,10 +65,8 @@ def load(
         "vae": lambda: loader.load("vae", AutoencoderKL(vae_config)),
     }
     now = plan.holds["load"] if plan else tuple(loaders)
-    early = [p for p in dict.fromkeys(prompts) if p] if {"text_encoder", "transformer"} <= set(now) else []
-    first = [n for n in now if n != "transformer"] if early else list(now)
-    parts = Parts({name: loaders[name]() for name in loaders if name in first}, loaders)
-    pipe = ZImagePipeline(
+    parts = Parts({name: load_now() for name, load_now in loaders.items() if name in now}, loaders)
+    return ZImagePipeline(
         tokenizer=tokenizer,
         parts=parts,
         transformer_config=transformer_config,
@@ -85,23 +79,3 @@ def load(
         planner=planner,
         lora=lora,
     )
-    if early:
-        parts.put("transformer", _encode_beside(pipe, early, load_transformer))
-    return pipe
-
-
-def _encode_beside(pipe: ZImagePipeline, prompts: list[str], load_transformer) -> ZImageTransformer:
-    """The transformer, read on a thread of its own while this thread encodes `prompts` (kept in the
-    pipeline's prompt cache). The first request then finds its embeddings made, and this thread, which
-    makes the images, has already set up its GPU libraries (cuBLAS handles are per thread): after an
-    engine restart that set-up cost the first image 0.5 s (bench/RESULTS.md, "Issues 10 and 11 on an
-    H100")."""
-    transformer = Beside(load_transformer, name="ollama-img-load-transformer")
-    try:
-        with phase("text"):
-            for prompt in prompts:
-                pipe.encode_prompt(prompt)
-    finally:
-        with phase("read"):  # what is left of the transformer's read, once the prompts are encoded
-            module = transformer.result()
-    return module
