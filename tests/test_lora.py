@@ -414,6 +414,11 @@ def test_create_from_a_modelfile_refuses_an_adapter_that_does_not_fit_naming_its
     assert [(a.name, a.scale) for a in store.manifest("styled").config.adapters] == [
         ("good.safetensors", 0.5)
     ]
+    from ollama_img.engine.memory import planner_for  # the engine plans with the model's own adapters
+    from ollama_img.memory.plan import DEVICES
+
+    held = {c.name: c.adapter_elements for c in planner_for("styled", DEVICES["cuda"]).profile.components}
+    assert held["transformer"] == layout(tmp_path / "good.safetensors", shapes).side_path_elements > 0
 
 
 def test_a_pipeline_swaps_adapters_in_and_out_between_generations(tiny_folder_f32, tmp_path, shapes):
@@ -430,3 +435,57 @@ def test_a_pipeline_swaps_adapters_in_and_out_between_generations(tiny_folder_f3
     assert not any(isinstance(m, LoraLinear) for _, m in pipe.transformer.named_modules())
     assert np.abs(with_adapter - base).max() > 1e-3
     np.testing.assert_array_equal(again, base)
+
+
+# -- memory ------------------------------------------------------------------------------------------
+
+
+def test_the_plan_counts_the_side_paths_the_adapters_make(tmp_path, shapes):
+    """The layout's side-path elements are those of the factors built, fused layers' zero blocks
+    included: on the fused q|k|v, a q-only pair holds an up as wide as all three."""
+    qkv = {"lora_unet_layers_0_attention_qkv.lora_down.weight": np.ones((2, DIM), np.float32)}
+    qkv["lora_unet_layers_0_attention_qkv.lora_up.weight"] = np.ones((3 * DIM, 2), np.float32)
+    files = [
+        peft_file(tmp_path / "a.safetensors", pairs(shapes, (*MODULES, "layers.1.feed_forward.w1"), rank=3)),
+        write(tmp_path / "qkv.safetensors", qkv),
+    ]
+    adapters = resolve([(str(f), 1.0) for f in files], FolderSource(_TINY[0]), ZIMAGE)
+    built = factors(_tiny_transformer(fused=True), LORA, adapters, mx.float32)
+    assert sum(a.layout.side_path_elements for a in adapters) == sum(
+        d.size + u.size for d, u in built.values()
+    )
+
+
+def test_a_pipeline_plans_with_the_side_paths_it_holds(tiny_folder_f32, tmp_path, shapes):
+    """Loaded with an adapter, the transformer's planned bytes are its weights plus the side paths it
+    holds (float32 on the CPU); a generation's own adapters count for that generation only; merged
+    adapters hold nothing beside the weights."""
+    from ollama_img import load_pipeline
+    from ollama_img.adapters import held_elements
+
+    path = peft_file(tmp_path / "a.safetensors", pairs(shapes, rank=8))
+    (adapter,) = resolve([(str(path), 1.0)], FolderSource(tiny_folder_f32), ZIMAGE)
+
+    def planned(pipe) -> int:
+        (transformer,) = [c for c in pipe.memory_plan.components if c.name == "transformer"]
+        return transformer.weights
+
+    def side_paths(pipe) -> int:
+        held = [m for _, m in pipe.transformer.named_modules() if isinstance(m, LoraLinear)]
+        return sum(m.lora_down.nbytes + m.lora_up.nbytes for m in held)
+
+    kwargs = dict(width=32, height=32, steps=1, seed=1)
+    plain = load_pipeline(tiny_folder_f32)
+    plain.denoise("a fox", **kwargs)
+    base = planned(plain)
+    plain.denoise("a fox", loras=[(path, 1.0)], **kwargs)
+    assert planned(plain) - base == side_paths(plain) == 4 * held_elements([adapter]) > 0
+    plain.denoise("a fox", **kwargs)
+    assert planned(plain) == base
+
+    loaded = load_pipeline(tiny_folder_f32, loras=[(path, 1.0)])
+    (transformer,) = [c for c in loaded.planner.for_load().components if c.name == "transformer"]
+    assert transformer.weights - base == 4 * held_elements([adapter])
+    merged = load_pipeline(tiny_folder_f32, loras=[(path, 1.0)], lora_strategy=MERGED)
+    (transformer,) = [c for c in merged.planner.for_load().components if c.name == "transformer"]
+    assert transformer.weights == base

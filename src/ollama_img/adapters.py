@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ollama_img.errors import UserError
-from ollama_img.models.lora import MAX_ADAPTERS, AdapterLayout, check_adapter
+from ollama_img.models.lora import DEFAULT_STRATEGY, MAX_ADAPTERS, SIDE_PATH, AdapterLayout, check_adapter
 
 if TYPE_CHECKING:
     from ollama_img.models.architecture import Architecture
@@ -37,6 +37,14 @@ class Adapter:
     def key(self) -> tuple[str, float]:
         """What tells two adapter sets apart: the file and the scale."""
         return (self.digest or str(self.layout.path), self.scale)
+
+
+def held_elements(adapters: Iterable[Adapter], strategy: str | None = None) -> int:
+    """Elements the adapters hold on the device beside the weights they change: their side paths'
+    factors (the memory plan counts them with the component); merged adapters hold none."""
+    if (strategy or DEFAULT_STRATEGY) != SIDE_PATH:
+        return 0
+    return sum(adapter.layout.side_path_elements for adapter in adapters)
 
 
 def parse_spec(text: str, where: str = "--lora") -> tuple[str, float]:

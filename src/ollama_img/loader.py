@@ -7,6 +7,7 @@ import inspect
 import logging
 from pathlib import Path
 
+from ollama_img.adapters import held_elements
 from ollama_img.adapters import resolve as resolve_adapters
 from ollama_img.backend import require_mlx
 from ollama_img.errors import UserError
@@ -74,14 +75,16 @@ def _load(source, dtype, budget, planner, plan, loras=None, lora_strategy=None):
 
         arch = architecture_for(source.read_json("model_index.json").get("_class_name"))
         module = importlib.import_module(arch.loader)
+        adapters = resolve_adapters([*stored_adapters(source), *(loras or ())], source, arch)
         if planner is None:
             budget = engine_budget(budget)
             planner = Planner(arch.memory_of(source), device_kind(), budget, label=source.label)
+            planner = with_adapters(planner, arch, adapters, lora_strategy)
             plan = planner.for_load()
             apply_limits(plan.memory_limit(), plan.cache_limit)
         elif plan is None:
+            planner = with_adapters(planner, arch, adapters, lora_strategy)
             plan = planner.for_load()
-        adapters = resolve_adapters([*stored_adapters(source), *(loras or ())], source, arch)
     accepted = inspect.signature(module.load).parameters  # a family's loader may not take a plan
     given = (("plan", plan), ("planner", planner), ("lora_strategy", lora_strategy))
     extra = {key: value for key, value in given if key in accepted and value is not None}
@@ -120,6 +123,13 @@ def _start_priming(arch, source, planner, plan, dtype):
     except Exception:
         log.exception("priming %s's GPU kernels failed; the first image compiles them", source.label)
         return None
+
+
+def with_adapters(planner, arch, adapters, strategy=None):
+    """The planner counting what the adapters hold beside the weights of the component they change."""
+    if not adapters:
+        return planner
+    return planner.with_adapters(arch.lora.component, held_elements(adapters, strategy))
 
 
 def stored_adapters(source) -> list[tuple[str, float]]:

@@ -119,20 +119,18 @@ def memory_report(store, name: str) -> dict | None:
     """The model's memory needs at its default size (`memory.plan.report`), on the back end installed
     here, within OLLAMA_IMG_GPU_MEMORY when set; None for a model whose architecture this version lacks
     or whose blobs are damaged."""
+    from ollama_img.engine.memory import planner_for
     from ollama_img.errors import UserError
     from ollama_img.memory.budget import user_budget
     from ollama_img.memory.device import installed_device_kind
     from ollama_img.memory.plan import report
-    from ollama_img.models import architecture_for
-    from ollama_img.weights import StoreSource
 
+    device = installed_device_kind()
     try:  # a damaged model (a missing blob) has no estimate: `show` names the damage instead
-        source = StoreSource(store, name)
-        architecture = architecture_for(source.read_json("model_index.json").get("_class_name"))
-        profile = architecture.memory_of(source)
+        profile = planner_for(name, device, store).profile
     except (UserError, KeyError, TypeError, ValueError):
         return None
-    return report(profile, installed_device_kind(), user_budget())
+    return report(profile, device, user_budget())
 
 
 def _details(config: ModelConfig) -> dict:

@@ -17,15 +17,22 @@ from ollama_img.memory.budget import Budget
 from ollama_img.memory.plan import MemoryPlan, Planner
 
 
-def planner_for(name: str, device) -> Planner:
-    """A store model's planner (its profile from the manifest and configs; no MLX), budget to be set."""
+def planner_for(name: str, device, store=None) -> Planner:
+    """A store model's planner (its profile from the manifest, configs and own adapters; no MLX), budget
+    to be set."""
+    from ollama_img.adapters import resolve as resolve_adapters
+    from ollama_img.loader import stored_adapters, with_adapters
     from ollama_img.models import architecture_for
     from ollama_img.store import Store
     from ollama_img.weights import StoreSource
 
-    source = StoreSource(Store(), name)
+    source = StoreSource(store or Store(), name)
     architecture = architecture_for(source.read_json("model_index.json").get("_class_name"))
-    return Planner(architecture.memory_of(source), device, Budget(0, "unset"), label=name)
+    planner = Planner(architecture.memory_of(source), device, Budget(0, "unset"), label=name)
+    own = stored_adapters(source)  # a Modelfile's ADAPTER lines: held with the weights once loaded
+    return (
+        with_adapters(planner, architecture, resolve_adapters(own, source, architecture)) if own else planner
+    )
 
 
 def left_for(budget: Budget, held_by_others: int) -> Budget:

@@ -313,6 +313,13 @@ class Planner:
     def within(self, budget: Budget) -> Planner:
         return replace(self, budget=budget)
 
+    def with_adapters(self, name: str, elements: int) -> Planner:
+        """This planner for component `name` holding `elements` of LoRA side paths."""
+        held = [c.adapter_elements for c in self.profile.components if c.name == name]
+        if held in ([], [elements]):
+            return self
+        return replace(self, profile=self.profile.with_adapters(name, elements))
+
 
 # ---------------------------------------------------------------------------------------------------
 # Working sets

@@ -13,7 +13,7 @@ were freed before the block ends.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ENCODER = "encoder"  # runs once per prompt (text encoders)
 DENOISER = "denoiser"  # runs every step (the transformer)
@@ -50,9 +50,12 @@ class ComponentMemory:
     quant_type: str | None = None  # "fp8", "int4" when its matmul weights are stored quantized
     quant_mode: str | None = None  # the MLX mode of those weights ("mxfp8", "affine")
     upcast: int = 0  # bytes more when held on a device that computes in float32
+    adapter_elements: int = 0  # LoRA side paths beside its weights, in the compute dtype
 
     def held(self, computes_float32: bool) -> int:
-        return self.weights + (self.upcast if computes_float32 else 0)
+        if computes_float32:
+            return self.weights + self.upcast + 4 * self.adapter_elements
+        return self.weights + 2 * self.adapter_elements
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,16 @@ class MemoryProfile:
 
     def by_role(self, role: str) -> tuple[ComponentMemory, ...]:
         return tuple(c for c in self.components if c.role == role)
+
+    def with_adapters(self, name: str, elements: int) -> MemoryProfile:
+        """This profile with component `name` holding `elements` of LoRA side paths (instead of what it
+        held before)."""
+        return replace(
+            self,
+            components=tuple(
+                replace(c, adapter_elements=elements) if c.name == name else c for c in self.components
+            ),
+        )
 
     @property
     def weights(self) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +36,13 @@ if TYPE_CHECKING:
 
 PEFT_METADATA_KEY = "lora_adapter_metadata"  # what diffusers' save_lora_weights writes the PEFT config under
 MAX_ADAPTERS = 16  # adapters one generation may apply
+
+
+# How adapters reach a loaded component (`models.lora_layers`): beside the weights, or written into them.
+SIDE_PATH = "side-path"
+MERGED = "merged"
+STRATEGIES = (SIDE_PATH, MERGED)
+DEFAULT_STRATEGY = SIDE_PATH
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class AdapterLayout:
 
     path: Path
     modules: tuple[AdapterModule, ...]
+    side_path_elements: int = 0  # what its side paths hold on the device, in elements (`side_path_elements`)
 
     @property
     def targets(self) -> set[str]:
@@ -145,7 +153,28 @@ def read_layout(
         modules.append(AdapterModule(targets, down, up, rank, scale))
     if alphas:  # an alpha without its pair
         raise UserError(f"{where}: key {next(iter(alphas.values()))!r} has no LoRA pair beside it")
-    return AdapterLayout(path, tuple(modules))
+    return AdapterLayout(path, tuple(modules), side_path_elements(rule, modules, linears))
+
+
+def side_path_elements(
+    rule: LoraRule, modules: Iterable[AdapterModule], linears: Mapping[str, tuple[int, ...]]
+) -> int:
+    """Elements of the factors `models.lora_layers.factors` builds for these modules: per target, a
+    `down` of rank x in and an `up` of rank x the loaded layer's outputs, which for a layer the loader
+    fused is every part's (the `up` is block-diagonal over the parts, zeros included)."""
+    total = 0
+    for module in modules:
+        for target in module.targets:
+            outputs, inputs = linears[target]
+            total += module.rank * (inputs + outputs * _fused_parts(rule, target))
+    return total
+
+
+def _fused_parts(rule: LoraRule, target: str) -> int:
+    for parts in rule.fused.values():
+        if any(target == part or target.endswith("." + part) for part in parts):
+            return len(parts)
+    return 1
 
 
 # -- keys ----------------------------------------------------------------------------------------------

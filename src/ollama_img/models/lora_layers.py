@@ -25,14 +25,11 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
-from ollama_img.adapters import Adapter
-from ollama_img.models.lora import LoraRule
+from ollama_img.adapters import Adapter, held_elements
+from ollama_img.models.lora import DEFAULT_STRATEGY, MERGED, SIDE_PATH, STRATEGIES, LoraRule
 from ollama_img.phases import phase
 
-SIDE_PATH = "side-path"
-MERGED = "merged"
-STRATEGIES = (SIDE_PATH, MERGED)
-DEFAULT_STRATEGY = SIDE_PATH
+__all__ = ["DEFAULT_STRATEGY", "MERGED", "SIDE_PATH", "STRATEGIES"]  # declared with the plain rules
 
 
 class LoraLinear(nn.Module):
@@ -186,6 +183,11 @@ class ComponentAdapters:
     @property
     def wanted(self) -> tuple[Adapter, ...]:
         return self.own + self.extra
+
+    @property
+    def held_elements(self) -> int:
+        """What the wanted adapters hold beside the weights (`adapters.held_elements`)."""
+        return held_elements(self.wanted, self.strategy)
 
     def attach(self, module: nn.Module, dtype: mx.Dtype) -> nn.Module:
         """Apply the wanted adapters to a freshly loaded component (the loader's last step)."""

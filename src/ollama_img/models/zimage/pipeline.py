@@ -126,6 +126,8 @@ class ZImagePipeline:
         if self.planner is None:
             return
         batch = 2 if guidance > 0 else 1
+        if self.lora is not None:  # the adapters of this generation, beside the transformer's weights
+            self.planner = self.planner.with_adapters(self.lora.rule.component, self.lora.held_elements)
         self.memory_plan = self.planner.plan(width, height, batch=batch, prompts=prompts)
         mx.set_cache_limit(self.memory_plan.cache_limit)
 
