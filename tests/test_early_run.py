@@ -76,6 +76,7 @@ def test_it_reads_the_flags_as_the_command_does():
         "n": 2,
         "keep_alive": "5m",
         "stream": True,
+        "raw_images": True,
     }
 
 
@@ -134,7 +135,7 @@ def test_an_early_request_the_engine_refused_is_asked_again(in_world, tiny_folde
     sent = early_run.take(body)
     assert sent is not None
     events = list(EngineClient(world.socket).generate(body, sent))
-    assert events[-1]["done"] and events[-1]["images"]
+    assert events[-1]["done"] and events[-1]["pngs"][0].startswith(b"\x89PNG")
 
 
 def test_no_engine_no_early_request(in_world):
@@ -171,7 +172,7 @@ def test_an_early_connection_that_broke_is_asked_again(in_world):
     theirs.close()
     body = early_run.request_body(["tiny", "a cat", "--steps", "2", "--size", "64x64"])
     events = list(EngineClient(world.socket).generate(body, ours))
-    assert events[-1]["done"] and events[-1]["images"]
+    assert events[-1]["done"] and events[-1]["pngs"][0].startswith(b"\x89PNG")
 
 
 def test_a_runtime_folder_naming_no_user_fails_in_one_line(world):

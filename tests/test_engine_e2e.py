@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -361,6 +362,32 @@ def test_ollama_style_stream_reports_progress_and_the_images(world):
     assert abs(final["total_duration"] - sum(parts)) <= len(parts)  # each part rounded down to a ns
     for b64 in final["images"]:
         assert Image.open(io.BytesIO(base64.b64decode(b64))).size == (32, 32)
+
+
+def test_the_cli_s_request_gets_the_pngs_as_bytes_after_the_final_line(world):
+    """`raw_images` (what `run` sends): the final line gives each PNG's size, the PNGs follow it; the
+    images are those ollama's format carries base64."""
+    body = {"model": "z-image", "prompt": "a lighthouse", "width": 32, "height": 32, "steps": 2, "seed": 5}
+    body["n"] = 2
+    with world.http() as http:
+        plain = [json.loads(line) for line in http.post("/api/generate", json=body).iter_lines() if line]
+        raw = http.post("/api/generate", json={**body, "raw_images": True}).content
+    lines = raw.split(b"\n")
+    at = next(i for i, line in enumerate(lines) if line and json.loads(line).get("done"))
+    final = json.loads(lines[at])
+    assert "images" not in final and final["seeds"] == [5, 6]
+    rest = b"\n".join(lines[at + 1 :])
+    assert sum(final["image_bytes"]) == len(rest)
+    pngs, start = [], 0
+    for size in final["image_bytes"]:
+        pngs.append(rest[start : start + size])
+        start += size
+    expected = [base64.b64decode(b64) for b64 in plain[-1]["images"]]
+    assert [pixels(png) for png in pngs] == [pixels(png) for png in expected]
+
+
+def pixels(png: bytes) -> list:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).tolist()
 
 
 def test_tags_show_and_models(world):

@@ -189,6 +189,7 @@ def test_the_request_carries_only_what_was_asked():
         "negative_prompt": "fog",
         "n": 2,
         "keep_alive": "0",
+        "raw_images": True,  # the PNGs as bytes after the final line (engine.raw_images)
     }
     assert options().request(None) == {"model": "z-image:latest"}  # load only
 

@@ -138,7 +138,7 @@ def report(options: RunOptions, prompt: str, final: dict, paths: list[Path]):
 
 def generate_and_save(options: RunOptions, prompt: str):
     final = generate(options, prompt)
-    pngs = [base64.b64decode(b64) for b64 in final.get("images", [])]
+    pngs = final.get("pngs") or [base64.b64decode(b64) for b64 in final.get("images", [])]
     if not pngs:
         raise UserError("the engine returned no image")
     if options.output == outputs.STDOUT:

@@ -3,6 +3,7 @@ shared by the command and by its early request (`cli.early_run`), so that both b
 
 from dataclasses import dataclass, field
 
+from ollama_img.engine import raw_images
 from ollama_img.options import COUNT, KEEP_ALIVE
 
 
@@ -19,10 +20,12 @@ class RunOptions:
         return self.fields.get(COUNT.field) or 1
 
     def request(self, prompt: str | None) -> dict:
-        """The /api/generate body; no prompt asks the engine to load the model only."""
+        """The /api/generate body; no prompt asks the engine to load the model only. Images come back
+        as bytes after the final line (`engine.raw_images`), not base64 inside it."""
         body = {"model": self.model}
         if prompt is not None:
             body["prompt"] = prompt
+            body[raw_images.FIELD] = True
             body.update(
                 (key, value)
                 for key, value in self.fields.items()

@@ -6,13 +6,14 @@ standard library's (`unix_http`): `ps` and `stop` must start fast.
 """
 
 import contextlib
+import http.client
 import json
 import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from ollama_img.engine import runtime, spawn
+from ollama_img.engine import raw_images, runtime, spawn
 from ollama_img.engine.unix_http import TRANSPORT_ERRORS, ConnectFailed, answer_on, exchange
 from ollama_img.errors import NotFound, UserError
 
@@ -103,6 +104,8 @@ class EngineClient:
                     event = json.loads(line)
                     if "error" in event:
                         raise UserError(event["error"])
+                    if event.get("done") and raw_images.SIZES in event:
+                        event["pngs"] = [_read_exactly(response, size) for size in event[raw_images.SIZES]]
                     yield event
                     if event.get("done"):
                         return
@@ -122,6 +125,14 @@ class EngineClient:
             return
         with exchange(self.sock, "POST", "/api/generate", body) as response:
             yield response
+
+
+def _read_exactly(response, size: int) -> bytes:
+    """`size` bytes of the response; a shorter read is a transport error (the engine went away)."""
+    data = response.read(size)
+    if len(data) != size:
+        raise http.client.IncompleteRead(data, size - len(data))
+    return data
 
 
 def _accepted_answer(sent: socket.socket):

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from starlette.routing import Route
 
 from ollama_img import __version__
-from ollama_img.engine import catalog, openai_api, utc_iso
+from ollama_img.engine import catalog, openai_api, raw_images, utc_iso
 from ollama_img.engine.guard import over_unix_socket
 from ollama_img.engine.handling import (
     SHUTTING_DOWN,
@@ -62,7 +62,8 @@ def _progress_line(model: str, event: Event) -> dict | None:
     return None
 
 
-def _final_line(model: str, event: Event) -> dict:
+def _final_line(model: str, event: Event, raw: bool = False) -> dict:
+    """The last object of a response; `raw`: the PNGs' sizes instead of the PNGs (`raw_images`)."""
     if event.kind == FAILED:
         return {"error": error_message(event.error)}
     if event.kind == CANCELLED:
@@ -76,8 +77,11 @@ def _final_line(model: str, event: Event) -> dict:
         "done_reason": "stop" if result.pngs else "load",
     }
     if result.pngs:
+        if raw:
+            body[raw_images.SIZES] = [len(png) for png in result.pngs]
+        else:
+            body["images"] = [base64.b64encode(png).decode() for png in result.pngs]
         body.update(
-            images=[base64.b64encode(png).decode() for png in result.pngs],
             seeds=result.seeds,
             width=result.width,
             height=result.height,
@@ -108,8 +112,9 @@ async def api_generate(request: Request):
     if prompt is None:
         return await _load_or_unload(request, model, keepalive(merged), stream)
     params = generate_params(merged, model, prompt)
+    raw = stream and optional_bool(merged, raw_images.FIELD, False)
     scheduler, job = await submit(request, params)
-    return await respond(request, scheduler, job, model, stream)
+    return await respond(request, scheduler, job, model, stream, raw)
 
 
 async def _load_or_unload(request: Request, model: str, keep: float | None, stream: bool):
@@ -123,13 +128,19 @@ async def _load_or_unload(request: Request, model: str, keep: float | None, stre
     return await respond(request, scheduler, job, model, stream)
 
 
-async def respond(request: Request, scheduler: Scheduler, job: Job, model: str, stream: bool):
-    """NDJSON progress then the final object, or (stream false) just the final object."""
+async def respond(
+    request: Request, scheduler: Scheduler, job: Job, model: str, stream: bool, raw: bool = False
+):
+    """NDJSON progress then the final object, or (stream false) just the final object; `raw`: the
+    final object's PNGs follow it as bytes (`engine.raw_images`)."""
     if stream:
 
         async def lines():
             async for event in events_until_disconnect(request, scheduler, job):
-                yield json.dumps(_progress_line(model, event) or _final_line(model, event)) + "\n"
+                yield json.dumps(_progress_line(model, event) or _final_line(model, event, raw)) + "\n"
+                if raw and event.result is not None:
+                    for png in event.result.pngs:
+                        yield png
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
     event = await outcome_unless_disconnected(request, scheduler, job)
