@@ -13,6 +13,7 @@ from ollama_img import load_pipeline
 from ollama_img.errors import UserError
 from ollama_img.quantization import TYPES
 from ollama_img.store import Layer, Store, import_folder, inspect_folder, write_bytes_blob
+from ollama_img.store.additions import licenses_of
 from ollama_img.store.blobs import fsync_dir
 from ollama_img.store.manifest import encode_manifest
 from ollama_img.transfer.registry.pull import pull_model
@@ -51,7 +52,7 @@ def test_an_ollama_image_model_is_converted_and_makes_the_same_images(
     """bf16 with tensors keyed both ways ollama keyed them (by name, and `data` as the first releases
     did); int8 in ollama's quantized-weight layout."""
     name = f"{registry.host}/x/{native}-ollama:latest"
-    write_ollama_model(source, native, name, data_keys=250)  # of 376 tensors
+    write_ollama_model(source, native, name, data_keys=250, license="Apache License 2.0\n")  # of 376 tensors
     push_model(source, name, parallel=8)
     dest = Store(tmp_path / "dest")
     result = pull_model(dest, name, parallel=8)
@@ -74,6 +75,7 @@ def test_an_ollama_image_model_is_converted_and_makes_the_same_images(
             64,
         )
         assert record.tensors == source.manifest(native).config.quantization.tensors
+    assert licenses_of(dest, converted) == ("Apache License 2.0\n",)  # kept, as `show --license` reads it
     index = json.loads(dest.blob_path(converted.layer("model_index.json").digest).read_bytes())
     assert index["_class_name"] == "ZImagePipeline" and "parameter_count" not in index
     assert np.array_equal(image(dest, name), native_images[native])

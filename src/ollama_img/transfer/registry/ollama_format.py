@@ -30,10 +30,11 @@ from ollama_img.errors import UserError
 from ollama_img.models import Component, architecture_for
 from ollama_img.names import ModelName
 from ollama_img.store import Manifest, Store, import_folder
+from ollama_img.store.additions import Additions
 from ollama_img.store.blobs import PLAIN_TENSOR_NAME, BlobRef, write_tensor_blob
 from ollama_img.store.config import QuantizationRecord
 from ollama_img.store.folder import MODEL_INDEX, ComponentPlan, FileItem, ImportPlan, Shard, capabilities_of
-from ollama_img.store.manifest import JSON_MEDIA_TYPE, TENSOR_MEDIA_TYPE, TEXT_MEDIA_TYPE
+from ollama_img.store.manifest import JSON_MEDIA_TYPE, LICENSE_MEDIA_TYPE, TENSOR_MEDIA_TYPE, TEXT_MEDIA_TYPE
 from ollama_img.store.safetensors_format import DTYPE_SIZES, Header, TensorEntry, TensorInfo
 from ollama_img.store.source import SafetensorsReader, read_header
 from ollama_img.transfer.registry.remote_manifest import RemoteBlob, RemoteManifest
@@ -101,7 +102,21 @@ def convert(store: Store, name: ModelName, remote: RemoteManifest, config: dict)
             capabilities=capabilities_of(architecture, tuple(components), label),
             quantization=_quantization_record(quant_seen, quantized, label),
         )
-        return import_folder(store, name, plan).manifest
+        return import_folder(
+            store, name, plan, additions=Additions(licenses=_licenses(store, remote))
+        ).manifest
+
+
+def _licenses(store: Store, remote: RemoteManifest) -> tuple[str, ...]:
+    """The texts of the model's LICENSE layers (ollama's create writes a Modelfile's, as we do)."""
+    texts = []
+    for layer in remote.layers:
+        if layer.media_type == LICENSE_MEDIA_TYPE:
+            try:
+                texts.append(store.blob_path(layer.digest).read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise UserError(f"the license layer {layer.digest[:19]}... is not UTF-8 text") from None
+    return tuple(texts)
 
 
 def _restored_model_index(store: Store, layer: RemoteBlob | None, label: str) -> dict:
