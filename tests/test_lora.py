@@ -4,6 +4,7 @@ computing (side path, merged) on plain and quantized layers, fused layers, adapt
 Adapters here are written with numpy in each format's own spelling; tests/test_lora_parity.py holds the
 result to diffusers' on files made by peft."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -417,8 +418,25 @@ def test_create_from_a_modelfile_refuses_an_adapter_that_does_not_fit_naming_its
     from ollama_img.engine.memory import planner_for  # the engine plans with the model's own adapters
     from ollama_img.memory.plan import DEVICES
 
-    held = {c.name: c.adapter_elements for c in planner_for("styled", DEVICES["cuda"]).profile.components}
-    assert held["transformer"] == layout(tmp_path / "good.safetensors", shapes).side_path_elements > 0
+    own = layout(tmp_path / "good.safetensors", shapes).side_path_elements
+    styled = planner_for("styled", DEVICES["cuda"])
+    assert {c.name: c.adapter_elements for c in styled.profile.components}["transformer"] == own > 0
+    # a request's own adapters (checked before queueing) count in its plan, beside the model's
+    from ollama_img.engine.catalog import check_adapters
+    from ollama_img.engine.memory import Ask
+    from ollama_img.memory.budget import Budget
+
+    (record,) = store.manifest("styled").config.adapters
+    held = check_adapters("z-image", [(record.digest, 1.0)])
+    assert held == ("transformer", own)
+    ask = Ask(width=64, height=64, count=1, batch=1, prompts=("a cat",))
+    budget = Budget(1 << 40, "test")
+
+    def transformer_bytes(plan) -> int:
+        return next(c.weights for c in plan.components if c.name == "transformer")
+
+    plain, asked = ask.plan(styled, budget), dataclasses.replace(ask, adapters=held).plan(styled, budget)
+    assert transformer_bytes(asked) - transformer_bytes(plain) == 2 * own  # bf16 on CUDA
 
 
 def test_a_pipeline_swaps_adapters_in_and_out_between_generations(tiny_folder_f32, tmp_path, shapes):

@@ -39,10 +39,11 @@ def lookup(name: str) -> tuple[str, Capabilities | None, dict[str, object]]:
     return manifest.digest, manifest.config.capabilities, dict(manifest.config.params)
 
 
-def check_adapters(name: str, loras) -> None:
+def check_adapters(name: str, loras) -> tuple[str, int]:
     """Each (digest, scale) an adapter blob of the store, intact, that fits the model (a UserError, 400,
-    naming the digest and the first key that does not fit): checked from headers before queueing."""
-    from ollama_img.adapters import shapes_of_manifest
+    naming the digest and the first key that does not fit): checked from headers before queueing.
+    Returns what they hold beside the weights, (component, elements), for the job's memory plan."""
+    from ollama_img.adapters import Adapter, held_elements, shapes_of_manifest
     from ollama_img.errors import UserError
     from ollama_img.models import ARCHITECTURES
     from ollama_img.models.lora import check_adapter
@@ -54,8 +55,10 @@ def check_adapters(name: str, loras) -> None:
     if architecture is None or architecture.lora is None:
         raise UserError(f"{canonical(name)} does not take LoRA adapters")
     shapes = shapes_of_manifest(manifest, architecture.lora.component)
-    for digest, _ in loras:
-        check_adapter(architecture, adapter_blob(store, digest), shapes, digest)
+    layouts = [
+        check_adapter(architecture, adapter_blob(store, digest), shapes, digest) for digest, _ in loras
+    ]
+    return architecture.lora.component, held_elements(Adapter(layout) for layout in layouts)
 
 
 def short_id(digest: str | None) -> str:

@@ -101,8 +101,9 @@ async def submit(
     digest, capabilities, model_params = await run_in_threadpool(catalog.lookup, params.model)
     scheduler.check(params, capabilities, name)  # what the request itself asks, named as it spelled it
     params = with_model_params(params, model_params)
+    adapters_held = None
     if params.loras:
-        await run_in_threadpool(catalog.check_adapters, params.model, params.loras)
+        adapters_held = await run_in_threadpool(catalog.check_adapters, params.model, params.loras)
     if params.images:
         params = await run_in_threadpool(params.with_decoded_images)
-    return scheduler, scheduler.submit(params, digest)
+    return scheduler, scheduler.submit(params, digest, adapters_held)

@@ -71,6 +71,7 @@ class Job:
     params: GenerateParams
     digest: str | None  # the manifest the request was checked against
     loop: asyncio.AbstractEventLoop
+    adapters_held: tuple[str, int] | None = None  # its own LoRA side paths: (component, elements)
     id: int = field(default_factory=lambda: next(_ids))
     created: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)

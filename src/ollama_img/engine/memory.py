@@ -54,10 +54,13 @@ class Ask:
     count: int
     batch: int
     prompts: tuple[str | None, ...]
+    adapters: tuple[str, int] | None = None  # the request's own LoRA side paths: (component, elements)
 
     def plan(self, planner: Planner, budget: Budget) -> MemoryPlan:
         if self.width is None and self.height is None and not self.prompts:  # a load, no image asked
             return planner.within(budget).for_load()
+        if self.adapters is not None:
+            planner = planner.adding_adapters(*self.adapters)
         return planner.within(budget).plan(
             self.width, self.height, count=self.count, batch=self.batch, prompts=self.prompts
         )

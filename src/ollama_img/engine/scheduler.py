@@ -193,9 +193,13 @@ class Scheduler:
             check_supported(params.model, params.asked(), capabilities, name)
             check_sizes(params.asked(), capabilities)
 
-    def submit(self, params: GenerateParams, digest: str | None) -> Job:
-        """Queue a job; its events say where it stands. An empty prompt only loads the model."""
-        job = Job(params=params, digest=digest, loop=asyncio.get_running_loop())
+    def submit(
+        self, params: GenerateParams, digest: str | None, adapters_held: tuple[str, int] | None = None
+    ) -> Job:
+        """Queue a job; its events say where it stands. An empty prompt only loads the model.
+        `adapters_held`: what the request's own adapters hold beside the weights (`catalog.check_adapters`),
+        planned with the job."""
+        job = Job(params=params, digest=digest, loop=asyncio.get_running_loop(), adapters_held=adapters_held)
         if self._closing:  # shutting down: the job ends at once, cancelled
             job.cancel()
             job.emit(Event(CANCELLED))
@@ -392,6 +396,7 @@ class Scheduler:
             count=params.n,
             batch=2 if guided else 1,
             prompts=(params.prompt, params.negative_prompt) if params.prompt else (),
+            adapters=job.adapters_held,
         )
 
     async def _admit(

@@ -320,6 +320,11 @@ class Planner:
             return self
         return replace(self, profile=self.profile.with_adapters(name, elements))
 
+    def adding_adapters(self, name: str, elements: int) -> Planner:
+        """This planner for component `name` holding `elements` of side paths more than it does."""
+        held = sum(c.adapter_elements for c in self.profile.components if c.name == name)
+        return self.with_adapters(name, held + elements)
+
 
 # ---------------------------------------------------------------------------------------------------
 # Working sets
