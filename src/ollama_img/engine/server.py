@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ollama_img import __version__
@@ -137,7 +137,11 @@ async def respond(
 
         async def lines():
             async for event in events_until_disconnect(request, scheduler, job):
-                yield json.dumps(_progress_line(model, event) or _final_line(model, event, raw)) + "\n"
+                progress = _progress_line(model, event)
+                if progress is not None:
+                    yield json.dumps(progress) + "\n"
+                    continue
+                yield await _final_json(model, event, raw) + b"\n"
                 if raw and event.result is not None:
                     for png in event.result.pngs:
                         yield png
@@ -149,7 +153,13 @@ async def respond(
     if event.kind == CANCELLED:
         return JSONResponse(_final_line(model, event), status_code=503)
     status = error_status(event.error) if event.kind == FAILED else 200
-    return JSONResponse(_final_line(model, event), status_code=status)
+    return Response(await _final_json(model, event), status_code=status, media_type="application/json")
+
+
+async def _final_json(model: str, event: Event, raw: bool = False) -> bytes:
+    """The final object as JSON, made on a thread: base64 PNGs are megabytes, which would hold up
+    every other request on the event loop while they are encoded and dumped."""
+    return await run_in_threadpool(lambda: json.dumps(_final_line(model, event, raw)).encode())
 
 
 # -- GET /api/ps, /api/tags, /api/version; POST /api/show ------------------------------------------
