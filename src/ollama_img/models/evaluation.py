@@ -23,15 +23,16 @@ SUBMIT_MIN_TOKENS = 4096
 
 
 class Chunks:
-    """Call `after(i, *arrays)` after block i of a chain: every `evaluation.chunk` blocks it evaluates them."""
+    """Call `after(i, *arrays)` after block i of a chain: every `evaluation.chunk` blocks it evaluates them,
+    and after the chain's last block when told (`last`), however many blocks that chunk has."""
 
     def __init__(self, evaluation: Evaluation | None):
         self.chunk = None if evaluation is None else evaluation.chunk
         self.pipelined = evaluation is not None and evaluation.pipelined
         self._pending: tuple[mx.array, ...] = ()
 
-    def after(self, index: int, *arrays: mx.array | None) -> None:
-        if self.chunk is None or (index + 1) % self.chunk:
+    def after(self, index: int, *arrays: mx.array | None, last: bool = False) -> None:
+        if self.chunk is None or ((index + 1) % self.chunk and not last):
             return
         arrays = tuple(a for a in arrays if a is not None)
         if not self.pipelined:

@@ -200,7 +200,7 @@ def run_blocks(blocks: list[TransformerBlock], x, cos, sin, weights, evaluation:
     for i, block in enumerate(blocks):
         next_weight = weights[i + 1][0] if i + 1 < len(blocks) else None
         x, h = block.forward(x, h, cos, sin, weights[i], next_weight)
-        chunks.after(i, x, h)
+        chunks.after(i, x, h, last=next_weight is None)
     return x
 
 
