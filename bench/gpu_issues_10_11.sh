@@ -5,6 +5,7 @@
 #   bash bench/gpu_issues_10_11.sh cold     # the cold start alone (restart, warm runs, a new size): ~4 min
 #   bash bench/gpu_issues_10_11.sh memory   # the four memory plans of the targets: ~7.5 min
 #   bash bench/gpu_issues_10_11.sh trace    # where the quantized plans' memory goes, MLX and pool: ~6 min
+#   bash bench/gpu_issues_10_11.sh both     # memory, then cold, in one call of under ten minutes
 #
 # On the device machine, after MLX's CUDA build is installed and PYTHONPATH points at it and at src
 # (../shared/gpu/README.md). Builds the full-size random-weight folder in /dev/shm when it is missing.
@@ -52,8 +53,17 @@ trace)
     run_trace fp8_12GB z:fp8 12GB
     [ -n "${TRIM:-}" ] && TRACE_ARGS=--trim run_trace int4_8GB_trim z:int4 8GB
     ;;
+both)
+    # The memory plans took 210 s with their creates on an H100 (2026-12-08), the cold start 162 s.
+    timeout 330 python bench/gpu_memory_plan.py --folder "$FOLDER" --time-budget 300 \
+        --only bf16:unlimited,bf16:24GB,fp8:12GB,int4:8GB --out /dev/shm/mem
+    mkdir -p "$OUT/mem" && cp /dev/shm/mem/*.json /dev/shm/mem/*.md "$OUT/mem/" 2>/dev/null
+    timeout 240 python bench/gpu_cold_start.py --folder "$FOLDER" --skip profile diffusers warm-up \
+        --out /dev/shm/cold
+    mkdir -p "$OUT/cold" && cp /dev/shm/cold/*.json /dev/shm/cold/*.md /dev/shm/cold/engine.log "$OUT/cold/"
+    ;;
 *)
-    echo "usage: bash bench/gpu_issues_10_11.sh first|cold|memory|trace" >&2
+    echo "usage: bash bench/gpu_issues_10_11.sh first|cold|memory|trace|both" >&2
     exit 2
     ;;
 esac
