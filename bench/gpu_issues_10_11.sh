@@ -58,6 +58,7 @@ both)
     timeout 330 python bench/gpu_memory_plan.py --folder "$FOLDER" --time-budget 300 \
         --only bf16:unlimited,bf16:24GB,fp8:12GB,int4:8GB --out /dev/shm/mem
     mkdir -p "$OUT/mem" && cp /dev/shm/mem/*.json /dev/shm/mem/*.md "$OUT/mem/" 2>/dev/null
+    rm -rf /dev/shm/oi-plan-store # its fp8 and int4 copies: /dev/shm also holds the folder and the cold store
     timeout 240 python bench/gpu_cold_start.py --folder "$FOLDER" --skip profile diffusers warm-up \
         --out /dev/shm/cold
     mkdir -p "$OUT/cold" && cp /dev/shm/cold/*.json /dev/shm/cold/*.md /dev/shm/cold/engine.log "$OUT/cold/"
