@@ -501,6 +501,19 @@ def test_a_pipeline_plans_with_the_side_paths_it_holds(tiny_folder_f32, tmp_path
     plain.denoise("a fox", **kwargs)
     assert planned(plain) == base
 
+    # a budget the model fits only without them: refused in one error, and the adapters go again
+    from ollama_img.memory.budget import Budget
+    from ollama_img.memory.plan import MemoryPlanError, Request, needs
+
+    planner = plain.planner
+    request = Request(32, 32, prompt_bytes=len("a fox"))
+    least = min(needs(planner.profile, planner.device, request).values())
+    plain.planner = planner.within(Budget(least, "test"))
+    with pytest.raises(MemoryPlanError):
+        plain.denoise("a fox", loras=[(path, 1.0)], **kwargs)
+    assert side_paths(plain) == 0
+    plain.denoise("a fox", **kwargs)  # the next request, within the budget
+
     loaded = load_pipeline(tiny_folder_f32, loras=[(path, 1.0)])
     (transformer,) = [c for c in loaded.planner.for_load().components if c.name == "transformer"]
     assert transformer.weights - base == 4 * held_elements([adapter])

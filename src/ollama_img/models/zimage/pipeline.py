@@ -18,7 +18,7 @@ from PIL import Image
 
 from ollama_img.backend import compile_steps
 from ollama_img.image_input import oriented_size
-from ollama_img.memory.plan import MemoryPlan, Planner
+from ollama_img.memory.plan import MemoryPlan, MemoryPlanError, Planner
 from ollama_img.models import flow_match
 from ollama_img.models.autoencoder_kl import AutoencoderKL
 from ollama_img.models.chat_tokenizer import ChatTokenizer
@@ -288,7 +288,12 @@ class ZImagePipeline:
         width, height = self.size_for(width=width, height=height, image=image)
         self.validate(width=width, height=height, steps=steps)
         self.use_loras(loras)
-        self.plan_memory(width, height, guidance, (prompt, negative_prompt if guidance > 0 else None))
+        try:
+            self.plan_memory(width, height, guidance, (prompt, negative_prompt if guidance > 0 else None))
+        except MemoryPlanError:
+            if loras:  # refused: the model goes back to its own adapters, not holding these for nothing
+                self.use_loras(())
+            raise
         start = self._start(width, height, steps, seed, latents, image, mask, strength, noise)
         x = start.latents
 
