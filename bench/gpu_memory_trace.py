@@ -83,9 +83,9 @@ def main():
 
     after = evaluation.Chunks.after
 
-    def traced_after(self, index, *arrays):
-        after(self, index, *arrays)
-        if self.chunk is not None and not (index + 1) % self.chunk:
+    def traced_after(self, index, *arrays, last=False):
+        after(self, index, *arrays, last=last)
+        if self.chunk is not None and (last or not (index + 1) % self.chunk):
             where["block"] = index
             record("chunk evaluated")
 
@@ -110,7 +110,7 @@ def main():
     around("_caption", "caption")
     around("decode", "decode")
 
-    def on_step(step, total):
+    def on_step(step, total):  # called once the step's latents are in, which may be a step late
         where["stage"], where["step"], where["block"] = "denoise", step, 0
         record("step done")
 
