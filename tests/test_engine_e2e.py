@@ -384,6 +384,11 @@ def test_the_cli_s_request_gets_the_pngs_as_bytes_after_the_final_line(world):
         start += size
     expected = [base64.b64decode(b64) for b64 in plain[-1]["images"]]
     assert [pixels(png) for png in pngs] == [pixels(png) for png in expected]
+    with world.http() as http:  # streamed or not, a value that is not a boolean is the client's error
+        for stream in (True, False):
+            bad = http.post("/api/generate", json={**body, "raw_images": "yes", "stream": stream})
+            assert bad.status_code == 400
+            assert bad.json()["error"] == "'raw_images' must be true or false, got \"yes\""
 
 
 def pixels(png: bytes) -> list:

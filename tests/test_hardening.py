@@ -541,7 +541,7 @@ ROUTES = [
 FIELDS = [
     "model", "prompt", "negative_prompt", "width", "height", "size", "steps", "seed", "guidance", "n",
     "keep_alive", "stream", "options", "teacache", "response_format", "output_format", "name", "image",
-    "images", "mask", "strength", "loras",
+    "images", "mask", "strength", "loras", "raw_images",
 ]  # fmt: skip
 
 

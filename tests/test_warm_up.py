@@ -6,6 +6,7 @@ nothing (the next image is the one the model makes without it). On the CPU the p
 """
 
 import asyncio
+import contextlib
 import io
 import re
 import threading
@@ -54,18 +55,35 @@ class GatedWarmUp(WarmUpPolicy):
         return super().run(pipe, name)
 
 
-def test_a_load_only_request_is_answered_first_then_the_model_warms_up(tmp_path, tiny_folder, monkeypatch):
+@pytest.fixture
+def store(tmp_path, tiny_folder, monkeypatch) -> Store:
+    """The tiny model in a store of its own, the one the scheduler reads."""
     store = Store(tmp_path / "store")
     import_folder(store, "tiny", inspect_folder(tiny_folder))
     monkeypatch.setenv("OLLAMA_IMG_MODELS", str(store.root))
+    return store
+
+
+@contextlib.asynccontextmanager
+async def gated_scheduler(**warm_up):
+    """A started scheduler whose warm-up waits at `scheduler.warm_up.gate` (opened when the block ends)."""
+    gate = threading.Event()
+    scheduler = Scheduler(default_keepalive=60)
+    scheduler.warm_up = GatedWarmUp(gate, mode="on", **warm_up)
+    scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        gate.set()
+        await scheduler.close()
+
+
+def test_a_load_only_request_is_answered_first_then_the_model_warms_up(store):
     direct = load_pipeline("tiny", store=store).generate("a paper boat", width=32, height=32, steps=2, seed=3)
 
     async def scenario():
-        gate = threading.Event()
-        scheduler = Scheduler(default_keepalive=60)
-        scheduler.warm_up = GatedWarmUp(gate, mode="on", size=(32, 32))
-        scheduler.start()
-        try:
+        async with gated_scheduler(size=(32, 32)) as scheduler:
+            gate = scheduler.warm_up.gate
             load = scheduler.submit(GenerateParams(model="tiny:latest", prompt=""), None)
             answered = await asyncio.wait_for(load.outcome(), timeout=120)
             assert answered.kind == DONE and answered.result.pngs == []
@@ -82,26 +100,16 @@ def test_a_load_only_request_is_answered_first_then_the_model_warms_up(tmp_path,
             outcome = await asyncio.wait_for(job.outcome(), timeout=120)
             assert outcome.kind == DONE and model.warm
             return outcome.result.pngs[0]
-        finally:
-            gate.set()
-            await scheduler.close()
 
     png = asyncio.run(scenario())
     assert np.array_equal(pixels(Image.open(io.BytesIO(png))), pixels(direct))
 
 
-def test_a_prompt_is_its_own_warm_up(tmp_path, tiny_folder, monkeypatch):
+def test_a_prompt_is_its_own_warm_up(store):
     """With a prompt there is nothing to gain by warming up first: the job runs straight away."""
-    store = Store(tmp_path / "store")
-    import_folder(store, "tiny", inspect_folder(tiny_folder))
-    monkeypatch.setenv("OLLAMA_IMG_MODELS", str(store.root))
 
     async def scenario():
-        scheduler = Scheduler(default_keepalive=60)
-        gate = threading.Event()  # never opened: a warm-up would hang the job
-        scheduler.warm_up = GatedWarmUp(gate, mode="on")
-        scheduler.start()
-        try:
+        async with gated_scheduler() as scheduler:  # the gate stays shut: a warm-up would hang the job
             params = GenerateParams(
                 model="tiny:latest", prompt="a kite", width=32, height=32, steps=1, seed=1
             )
@@ -111,25 +119,15 @@ def test_a_prompt_is_its_own_warm_up(tmp_path, tiny_folder, monkeypatch):
                 scheduler.submit(GenerateParams(model="tiny:latest", prompt=""), None).outcome(), timeout=60
             )
             assert again.kind == DONE and not scheduler.warm_up.started.is_set()  # it has generated: warm
-        finally:
-            gate.set()
-            await scheduler.close()
 
     asyncio.run(scenario())
 
 
-def test_a_job_waiting_behind_the_load_only_request_is_the_warm_up(tmp_path, tiny_folder, monkeypatch):
+def test_a_job_waiting_behind_the_load_only_request_is_the_warm_up(store):
     """A made-up warm-up image would only delay the real one queued behind the load."""
-    store = Store(tmp_path / "store")
-    import_folder(store, "tiny", inspect_folder(tiny_folder))
-    monkeypatch.setenv("OLLAMA_IMG_MODELS", str(store.root))
 
     async def scenario():
-        scheduler = Scheduler(default_keepalive=60)
-        gate = threading.Event()  # never opened: a warm-up would hang the queued job
-        scheduler.warm_up = GatedWarmUp(gate, mode="on", size=(32, 32))
-        scheduler.start()
-        try:
+        async with gated_scheduler(size=(32, 32)) as scheduler:  # shut: a warm-up would hang the job
             load = scheduler.submit(GenerateParams(model="tiny:latest", prompt=""), None)
             params = GenerateParams(
                 model="tiny:latest", prompt="a kite", width=32, height=32, steps=1, seed=1
@@ -138,9 +136,6 @@ def test_a_job_waiting_behind_the_load_only_request_is_the_warm_up(tmp_path, tin
             assert (await asyncio.wait_for(load.outcome(), timeout=120)).kind == DONE
             assert (await asyncio.wait_for(job.outcome(), timeout=120)).kind == DONE
             assert not scheduler.warm_up.started.is_set()
-        finally:
-            gate.set()
-            await scheduler.close()
 
     asyncio.run(scenario())
 

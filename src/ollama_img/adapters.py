@@ -47,6 +47,17 @@ def held_elements(adapters: Iterable[Adapter], strategy: str | None = None) -> i
     return sum(adapter.layout.side_path_elements for adapter in adapters)
 
 
+def with_adapters(
+    planner, architecture: Architecture, adapters: Iterable[Adapter], strategy: str | None = None
+):
+    """`planner` (a `memory.plan.Planner`) counting what the adapters hold beside the weights of the
+    component they change."""
+    adapters = tuple(adapters)
+    if not adapters:
+        return planner
+    return planner.with_adapters(architecture.lora.component, held_elements(adapters, strategy))
+
+
 def parse_spec(text: str, where: str = "--lora") -> tuple[str, float]:
     """`PATH[:SCALE]` -> (path, scale); a scale is what follows the last `:` when it reads as a number."""
     path, sep, tail = text.rpartition(":")
@@ -91,6 +102,13 @@ def resolve(
             path = Path(where).expanduser()
         adapters.append(Adapter(check_adapter(architecture, path, shapes, digest), scale, digest))
     return tuple(adapters)
+
+
+def stored_adapters(source) -> list[tuple[str, float]]:
+    """A store model's own adapters (its config record's, from a Modelfile's ADAPTER lines) as (digest,
+    scale), in the order they apply; none for a folder."""
+    manifest = getattr(source, "manifest", None)
+    return [(record.digest, record.scale) for record in manifest.config.adapters] if manifest else []
 
 
 def component_shapes(source: WeightSource, component: str) -> dict[str, tuple[int, ...]]:

@@ -7,8 +7,8 @@ import inspect
 import logging
 from pathlib import Path
 
-from ollama_img.adapters import held_elements
 from ollama_img.adapters import resolve as resolve_adapters
+from ollama_img.adapters import stored_adapters, with_adapters
 from ollama_img.backend import require_mlx
 from ollama_img.errors import UserError
 from ollama_img.model_defaults import with_model_defaults
@@ -76,15 +76,16 @@ def _load(source, dtype, budget, planner, plan, loras=None, lora_strategy=None):
         arch = architecture_for(source.read_json("model_index.json").get("_class_name"))
         module = importlib.import_module(arch.loader)
         adapters = resolve_adapters([*stored_adapters(source), *(loras or ())], source, arch)
-        if planner is None:
-            budget = engine_budget(budget)
-            planner = Planner(arch.memory_of(source), device_kind(), budget, label=source.label)
-            planner = with_adapters(planner, arch, adapters, lora_strategy)
+        planned_here = planner is None  # the engine plans its loads itself and sets MLX's limits
+        if planned_here:
+            planner = Planner(
+                arch.memory_of(source), device_kind(), engine_budget(budget), label=source.label
+            )
+        planner = with_adapters(planner, arch, adapters, lora_strategy)
+        if plan is None or planned_here:
             plan = planner.for_load()
+        if planned_here:
             apply_limits(plan.memory_limit(), plan.cache_limit)
-        elif plan is None:
-            planner = with_adapters(planner, arch, adapters, lora_strategy)
-            plan = planner.for_load()
     accepted = inspect.signature(module.load).parameters  # a family's loader may not take a plan
     given = (("plan", plan), ("planner", planner), ("lora_strategy", lora_strategy))
     extra = {key: value for key, value in given if key in accepted and value is not None}
@@ -123,17 +124,3 @@ def _start_priming(arch, source, planner, plan, dtype):
     except Exception:
         log.exception("priming %s's GPU kernels failed; the first image compiles them", source.label)
         return None
-
-
-def with_adapters(planner, arch, adapters, strategy=None):
-    """The planner counting what the adapters hold beside the weights of the component they change."""
-    if not adapters:
-        return planner
-    return planner.with_adapters(arch.lora.component, held_elements(adapters, strategy))
-
-
-def stored_adapters(source) -> list[tuple[str, float]]:
-    """A store model's own adapters (its config record's, from a Modelfile's ADAPTER lines) as (digest,
-    scale), in the order they apply; none for a folder."""
-    manifest = getattr(source, "manifest", None)
-    return [(record.digest, record.scale) for record in manifest.config.adapters] if manifest else []

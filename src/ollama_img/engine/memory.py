@@ -21,7 +21,7 @@ def planner_for(name: str, device, store=None) -> Planner:
     """A store model's planner (its profile from the manifest, configs and own adapters; no MLX), budget
     to be set."""
     from ollama_img.adapters import resolve as resolve_adapters
-    from ollama_img.loader import stored_adapters, with_adapters
+    from ollama_img.adapters import stored_adapters, with_adapters
     from ollama_img.models import architecture_for
     from ollama_img.store import Store
     from ollama_img.weights import StoreSource
@@ -29,10 +29,8 @@ def planner_for(name: str, device, store=None) -> Planner:
     source = StoreSource(store or Store(), name)
     architecture = architecture_for(source.read_json("model_index.json").get("_class_name"))
     planner = Planner(architecture.memory_of(source), device, Budget(0, "unset"), label=name)
-    own = stored_adapters(source)  # a Modelfile's ADAPTER lines: held with the weights once loaded
-    return (
-        with_adapters(planner, architecture, resolve_adapters(own, source, architecture)) if own else planner
-    )
+    own = resolve_adapters(stored_adapters(source), source, architecture)  # a Modelfile's ADAPTER lines
+    return with_adapters(planner, architecture, own)
 
 
 def left_for(budget: Budget, held_by_others: int) -> Budget:

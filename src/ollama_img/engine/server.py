@@ -112,7 +112,7 @@ async def api_generate(request: Request):
     if prompt is None:
         return await _load_or_unload(request, model, keepalive(merged), stream)
     params = generate_params(merged, model, prompt)
-    raw = stream and optional_bool(merged, raw_images.FIELD, False)
+    raw = optional_bool(merged, raw_images.FIELD, False) and stream  # checked whether streamed or not
     scheduler, job = await submit(request, params)
     return await respond(request, scheduler, job, model, stream, raw)
 
